@@ -1,0 +1,1 @@
+"""Custom code of the MRI-GAN bundle, imported as ``scripts`` from the bundle root."""
