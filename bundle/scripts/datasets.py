@@ -1,0 +1,388 @@
+"""Turn a dataset folder (iSEG, MRBrainS13/18, a NIfTI folder or a MONAI datalist JSON) into MONAI datalists.
+
+Every entry is a dict ``{"subject": id, <modality>: path, ..., "label": path}`` (``label`` only when the subject
+has one); paths are absolute strings. Labels keep their dataset codes: map them with
+``monai.transforms.MapLabelValued(keys="label", *label_mapping(format))`` to 0 bg, 1 CSF, 2 GM, 3 WM and
+``IGNORE_LABEL`` (voxels excluded from loss and metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+IGNORE_LABEL = 255
+FORMATS = ("iseg", "mrbrains13", "mrbrains18", "datalist", "folder", "phantom")
+SPLITS = ("training", "validation", "testing", "unlabeled")
+
+# MRBrainS codes: 1 cortical GM, 2 basal ganglia, 3 WM, 4 WM lesions, 5 extracerebral CSF, 6 ventricles,
+# 7 cerebellum, 8 brainstem (, MRBrainS18 only: 9 infarction, 10 other).
+_MRBRAINS_TARGETS = [0, 2, 2, 3, 3, 1, 1, IGNORE_LABEL, IGNORE_LABEL]
+_ISEG_NAMES = {"t1": "T1", "t2": "T2", "label": "label"}
+_ISEG_RE = re.compile(r"^subject-(\d+)-(T1|T2|label)\.(hdr|nii|nii\.gz)$", re.IGNORECASE)
+_NIFTI_EXTS = (".nii", ".nii.gz")
+_MRBRAINS13_FILES = {"t1": "T1", "t1_ir": "T1_IR", "flair": "T2_FLAIR", "label": "LabelsForTraining"}
+_MRBRAINS18_FILES = {"t1": "pre/reg_T1", "t1_ir": "pre/reg_IR", "flair": "pre/FLAIR", "label": "segm"}
+_RESERVED_KEYS = ("subject", "label")
+
+
+def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
+    """``(orig_labels, target_labels)`` for ``MapLabelValued``: dataset codes -> 0 bg, 1 CSF, 2 GM, 3 WM, IGNORE_LABEL.
+
+    iseg/phantom: 0, 10, 150, 250 -> 0..3; mrbrains13: 1,2 -> GM, 3,4 -> WM, 5,6 -> CSF, 7,8 -> ignore;
+    mrbrains18: the same plus 9,10 -> ignore; datalist/folder: identity on 0..3 (the caller may override it).
+    """
+    fmt = _check_format(dataset_format)
+    if fmt in ("iseg", "phantom"):
+        return [0, 10, 150, 250], [0, 1, 2, 3]
+    if fmt == "mrbrains13":
+        return list(range(9)), list(_MRBRAINS_TARGETS)
+    if fmt == "mrbrains18":
+        return list(range(11)), _MRBRAINS_TARGETS + [IGNORE_LABEL, IGNORE_LABEL]
+    return [0, 1, 2, 3], [0, 1, 2, 3]
+
+
+def modality_names(dataset_format: str) -> tuple[str, ...] | None:
+    """Modalities a format provides; ``None`` for datalist/folder, whose entries may use any key."""
+    fmt = _check_format(dataset_format)
+    if fmt in ("iseg", "phantom"):
+        return ("t1", "t2")
+    if fmt in ("mrbrains13", "mrbrains18"):
+        return ("t1", "t1_ir", "flair")
+    return None
+
+
+def find_subjects(dataset_dir, dataset_format: str, modalities, suffixes: dict | None = None) -> list[dict]:
+    """One entry per subject found under ``dataset_dir``, sorted by subject id (natural order: 2 before 10).
+
+    ``suffixes`` (``{modality or "label": file name ending}``) applies to the ``folder`` format only; its default
+    is ``_<MODALITY>.nii.gz`` per modality and ``_label.nii.gz``. For ``datalist`` all lists of the JSON are merged.
+    """
+    fmt = _check_format(dataset_format)
+    modalities = _check_modalities(fmt, modalities)
+    if fmt == "datalist":
+        lists = load_datalist(_datalist_file(dataset_dir), modalities)
+        return sorted((e for name in SPLITS for e in lists[name]), key=_subject_key)
+    root = _existing_dir(dataset_dir)
+    if fmt in ("iseg", "phantom"):
+        subjects = _find_iseg(root, modalities)
+    elif fmt == "mrbrains13":
+        subjects = _find_by_folder(modalities, _MRBRAINS13_FILES, _mrbrains13_dirs(root))
+    elif fmt == "mrbrains18":
+        dirs = [d.parent for d, _ in _walk(root) if d.name == "pre" and d != root]
+        subjects = _find_by_folder(modalities, _MRBRAINS18_FILES, dirs)
+    else:
+        subjects = _find_folder(root, modalities, suffixes)
+    if not subjects:
+        raise ValueError(f"No {fmt} subjects found in {root}: expected {_expected_pattern(fmt, modalities, suffixes)}")
+    return sorted(subjects, key=_subject_key)
+
+
+def split_subjects(subjects: list[dict], num_labeled: int | None, num_val: int, seed: int = 0) -> dict:
+    """Deterministic split into ``training``/``validation``/``testing``/``unlabeled`` lists.
+
+    Labelled subjects (sorted by id, then shuffled with ``numpy.random.default_rng(seed)``): the first ``num_val``
+    go to validation, the next ``num_labeled`` to training (``-1``/``None``: all the rest), the remaining ones to
+    testing. Subjects without a ``label`` go to unlabeled. Each list is returned sorted by subject id.
+    """
+    if num_val < 0:
+        raise ValueError(f"num_val must be >= 0, got {num_val}")
+    labeled = sorted((dict(s) for s in subjects if "label" in s), key=_subject_key)
+    unlabeled = sorted((dict(s) for s in subjects if "label" not in s), key=_subject_key)
+    all_rest = num_labeled is None or num_labeled < 0
+    needed = num_val + (0 if all_rest else num_labeled)
+    if needed > len(labeled):
+        wanted = f"{num_val} validation" + ("" if all_rest else f" + {num_labeled} training")
+        raise ValueError(
+            f"need {wanted} = {needed} labelled subjects, but only {len(labeled)} of {len(subjects)} have a label"
+        )
+    order = np.random.default_rng(seed).permutation(len(labeled))
+    shuffled = [labeled[i] for i in order]
+    n_train = len(labeled) - num_val if all_rest else num_labeled
+    return {
+        "training": sorted(shuffled[num_val : num_val + n_train], key=_subject_key),
+        "validation": sorted(shuffled[:num_val], key=_subject_key),
+        "testing": sorted(shuffled[num_val + n_train :], key=_subject_key),
+        "unlabeled": unlabeled,
+    }
+
+
+def build_datalist(
+    dataset_dir,
+    dataset_format: str,
+    modalities,
+    num_labeled: int | None,
+    num_val: int,
+    seed: int = 0,
+    suffixes: dict | None = None,
+    split_file=None,
+    phantom: dict | None = None,
+) -> dict:
+    """Find the subjects of ``dataset_dir`` and split them (see ``find_subjects`` and ``split_subjects``).
+
+    ``phantom``: first write (idempotently) a seeded phantom dataset in the iSEG layout into ``dataset_dir``,
+    with ``phantom`` as keyword arguments of ``scripts.phantom.write_dataset``, then read it as ``iseg``.
+    ``datalist``: a split with a non-empty ``validation`` list is kept as is (``num_labeled >= 0`` keeps the first
+    ``num_labeled`` training entries); otherwise its ``training`` entries are split and its ``testing`` and
+    ``unlabeled`` entries added. ``split_file``: also write the split there as a MONAI datalist JSON (feed it back
+    with the ``datalist`` format to reproduce the run).
+    """
+    fmt = _check_format(dataset_format)
+    modalities = _check_modalities(fmt, modalities)
+    if fmt == "phantom":
+        from scripts.phantom import write_dataset
+
+        write_dataset(dataset_dir, layout="iseg", **(phantom or {}))
+        fmt = "iseg"
+    try:
+        if fmt == "datalist":
+            split = _split_datalist(_datalist_file(dataset_dir), modalities, num_labeled, num_val, seed)
+        else:
+            split = split_subjects(find_subjects(dataset_dir, fmt, modalities, suffixes), num_labeled, num_val, seed)
+    except ValueError as e:
+        raise ValueError(f"{dataset_dir} ({fmt}): {e}") from None
+    if split_file is not None:
+        _write_json_atomic(split_file, split)
+    return split
+
+
+def load_datalist(path, modalities) -> dict:
+    """Read a MONAI datalist JSON into the four lists (missing ones are empty).
+
+    Paths under the modality keys and ``label`` resolve against the JSON's folder and must exist; other keys are
+    kept as they are. A missing ``subject`` is derived from the first modality's file name.
+    """
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    if not path.is_file():
+        raise FileNotFoundError(f"Datalist JSON not found: {path}")
+    modalities = _as_tuple(modalities)
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with lists {SPLITS}")
+    out = {}
+    for name in SPLITS:
+        entries = data.get(name) or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"{path}: '{name}' must be a list of objects")
+        out[name] = [_resolve_entry(e, modalities, path, name, i) for i, e in enumerate(entries)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _check_format(dataset_format: str) -> str:
+    if dataset_format not in FORMATS:
+        raise ValueError(f"Unknown dataset format {dataset_format!r}; valid formats: {', '.join(FORMATS)}")
+    return dataset_format
+
+
+def _as_tuple(modalities) -> tuple[str, ...]:
+    return (modalities,) if isinstance(modalities, str) else tuple(modalities)
+
+
+def _check_modalities(fmt: str, modalities) -> tuple[str, ...]:
+    modalities = _as_tuple(modalities)
+    if not modalities:
+        raise ValueError("At least one modality is required")
+    valid = modality_names(fmt)
+    bad = [m for m in modalities if (m not in valid if valid else m in _RESERVED_KEYS)]
+    if bad:
+        names = f"valid names: {', '.join(valid)}" if valid else f"{', '.join(_RESERVED_KEYS)} are reserved keys"
+        raise ValueError(f"Modalities {bad} not available in format {fmt!r} ({names})")
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"Duplicate modalities in {list(modalities)}")
+    return modalities
+
+
+def _subject_key(entry: dict) -> list:
+    """Natural sort key of an entry's subject id (``subject-2`` before ``subject-10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(entry.get("subject", "")))]
+
+
+def _existing_dir(dataset_dir) -> Path:
+    root = Path(os.path.abspath(os.path.expanduser(dataset_dir)))
+    if not root.is_dir():
+        raise FileNotFoundError(f"Dataset folder not found: {root}")
+    return root
+
+
+def _walk(root: Path):
+    """``(folder, file names)`` under ``root`` (itself included), skipping hidden and ``__MACOSX`` entries."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        yield Path(dirpath), sorted(f for f in filenames if not f.startswith("."))
+
+
+def _add_file(subjects: dict, subject: str, key: str, path: Path) -> None:
+    entry = subjects.setdefault(subject, {"subject": subject})
+    if key in entry:
+        raise ValueError(f"Subject {subject} has two {key} files: {entry[key]} and {path}")
+    entry[key] = str(path)
+
+
+def _complete(subjects: dict, modalities: tuple[str, ...], expected) -> list[dict]:
+    """Entries ordered subject, modalities, label; ValueError if a modality is missing (``expected(sid, m)``)."""
+    out = []
+    for sid, entry in subjects.items():
+        missing = [m for m in modalities if m not in entry]
+        if missing:
+            raise ValueError(f"Subject {sid} is missing {missing[0]}: expected {expected(sid, missing[0])}")
+        keys = ("subject", *modalities, "label")
+        out.append({k: entry[k] for k in keys if k in entry})
+    return out
+
+
+def _find_iseg(root: Path, modalities: tuple[str, ...]) -> list[dict]:
+    wanted = {_ISEG_NAMES[k].lower(): k for k in (*modalities, "label")}
+    subjects, folders = {}, {}
+    for folder, files in _walk(root):
+        for name in files:
+            match = _ISEG_RE.match(name)
+            if not match:
+                continue
+            sid, key = f"subject-{int(match.group(1))}", match.group(2).lower()
+            folders.setdefault(sid, folder)
+            subjects.setdefault(sid, {"subject": sid})
+            if key not in wanted:
+                continue
+            path = folder / name
+            if match.group(3).lower() == "hdr" and not any(path.with_suffix(s).is_file() for s in (".img", ".IMG")):
+                raise ValueError(f"Analyze header {path} has no {path.with_suffix('.img').name} beside it")
+            _add_file(subjects, sid, wanted[key], path)
+    return _complete(
+        subjects, modalities, lambda sid, m: f"{folders[sid] / f'{sid}-{_ISEG_NAMES[m]}.hdr'} (or .nii, .nii.gz)"
+    )
+
+
+def _nifti(base: Path) -> Path | None:
+    """``base.nii`` or ``base.nii.gz``, whichever exists."""
+    return next((p for p in (Path(f"{base}{e}") for e in _NIFTI_EXTS) if p.is_file()), None)
+
+
+def _mrbrains13_dirs(root: Path) -> list[Path]:
+    return [d for d, files in _walk(root) if any(f"{_MRBRAINS13_FILES['t1']}{e}" in files for e in _NIFTI_EXTS)]
+
+
+def _dir_ids(dirs: list[Path]) -> list[str]:
+    """Ids ``<parent>-<folder>`` (``TrainingData-1``), or the whole relative path if those collide."""
+    ids = [f"{d.parent.name}-{d.name}" for d in dirs]
+    if len(set(ids)) < len(ids):
+        base = Path(os.path.commonpath(dirs)).parent
+        ids = ["-".join(d.relative_to(base).parts) for d in dirs]
+    return ids
+
+
+def _find_by_folder(modalities: tuple[str, ...], files: dict, dirs: list[Path]) -> list[dict]:
+    """MRBrainS layouts: one folder per subject, fixed file names (``files``: key -> path without extension)."""
+    folders = dict(zip(_dir_ids(dirs), dirs))
+    subjects = {}
+    for sid, d in folders.items():
+        subjects[sid] = {"subject": sid}
+        for key in (*modalities, "label"):
+            path = _nifti(d / files[key])
+            if path is not None:
+                subjects[sid][key] = str(path)
+    return _complete(subjects, modalities, lambda sid, m: f"{folders[sid] / files[m]}.nii (or .nii.gz)")
+
+
+def _folder_suffixes(modalities: tuple[str, ...], suffixes: dict | None) -> dict:
+    if suffixes is None:
+        return {**{m: f"_{m.upper()}.nii.gz" for m in modalities}, "label": "_label.nii.gz"}
+    missing = [m for m in modalities if m not in suffixes]
+    if missing:
+        raise ValueError(f"suffixes {dict(suffixes)} have no entry for modalities {missing}")
+    return {k: suffixes[k] for k in (*modalities, "label") if suffixes.get(k)}
+
+
+def _find_folder(root: Path, modalities: tuple[str, ...], suffixes: dict | None) -> list[dict]:
+    suffixes = _folder_suffixes(modalities, suffixes)
+    by_length = sorted(suffixes.items(), key=lambda kv: -len(kv[1]))
+    subjects, folders = {}, {}
+    for folder, files in _walk(root):
+        for name in files:
+            key, suffix = next(((k, s) for k, s in by_length if name.endswith(s) and len(name) > len(s)), (None, ""))
+            if key is not None:
+                sid = name[: -len(suffix)]
+                folders.setdefault(sid, folder)
+                _add_file(subjects, sid, key, folder / name)
+    return _complete(subjects, modalities, lambda sid, m: str(folders[sid] / f"{sid}{suffixes[m]}"))
+
+
+def _expected_pattern(fmt: str, modalities: tuple[str, ...], suffixes: dict | None) -> str:
+    if fmt in ("iseg", "phantom"):
+        return "files subject-<N>-T1.hdr/.img (or .nii, .nii.gz), searched recursively"
+    if fmt == "mrbrains13":
+        return "folders <root>/TrainingData/<i>/ holding T1.nii, T1_IR.nii, T2_FLAIR.nii [, LabelsForTraining.nii]"
+    if fmt == "mrbrains18":
+        return "folders <root>/training/<id>/pre/ holding reg_T1.nii.gz, reg_IR.nii.gz, FLAIR.nii.gz"
+    return f"files <subject><suffix> with suffixes {_folder_suffixes(modalities, suffixes)}"
+
+
+def _datalist_file(dataset_dir) -> Path:
+    path = Path(os.path.abspath(os.path.expanduser(dataset_dir)))
+    return path / "datalist.json" if path.is_dir() else path
+
+
+def _resolve_entry(entry: dict, modalities: tuple[str, ...], path: Path, name: str, index: int) -> dict:
+    missing = [m for m in modalities if m not in entry]
+    if missing:
+        who = entry.get("subject", f"entry {index}")
+        raise ValueError(f"{path}: '{name}' {who} has no {missing[0]!r} (keys: {sorted(entry)})")
+    out = dict(entry)
+    for key in (*modalities, "label"):
+        if key in out:
+            value = out[key]
+            out[key] = [_resolve_path(v, path, name) for v in value] if isinstance(value, list) else _resolve_path(
+                value, path, name
+            )
+    if "subject" not in out:
+        first = out[modalities[0]]
+        file_name = Path(first[0] if isinstance(first, list) else first).name
+        out["subject"] = re.sub(r"(\.nii\.gz|\.[^.]*)$", "", file_name)
+    return {"subject": out.pop("subject"), **out}
+
+
+def _resolve_path(value: str, path: Path, name: str) -> str:
+    resolved = os.path.normpath(os.path.join(path.parent, os.path.expanduser(value)))
+    if not os.path.exists(resolved):
+        raise FileNotFoundError(f"{path}: '{name}' lists {value}, which does not exist ({resolved})")
+    return resolved
+
+
+def _split_datalist(path: Path, modalities: tuple[str, ...], num_labeled, num_val: int, seed: int) -> dict:
+    lists = load_datalist(path, modalities)
+    if lists["validation"]:
+        for name in ("training", "validation"):
+            if any("label" not in e for e in lists[name]):
+                raise ValueError(f"{path}: every '{name}' entry needs a 'label'")
+        if num_labeled is not None and num_labeled >= 0:
+            if num_labeled > len(lists["training"]):
+                raise ValueError(f"need {num_labeled} training subjects, {path} lists {len(lists['training'])}")
+            lists["training"] = lists["training"][:num_labeled]
+        return lists
+    split = split_subjects(lists["training"], num_labeled, num_val, seed)
+    for name in ("testing", "unlabeled"):
+        split[name] = sorted(split[name] + lists[name], key=_subject_key)
+    return split
+
+
+def _write_json_atomic(path, data) -> None:
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,5 @@
+"""Networks of the MRI-GAN bundle."""
+
+from .segmenter import Segmenter
+
+__all__ = ["Segmenter"]

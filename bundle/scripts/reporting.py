@@ -1,0 +1,22 @@
+"""Human-readable summaries printed at the end of a run."""
+
+from __future__ import annotations
+
+from ignite.engine import Engine
+
+TISSUES = ("CSF", "GM", "WM")
+
+
+def print_validation_dice(evaluator: Engine, key_metric: str = "val_mean_dice") -> dict[str, float]:
+    """Print the last validation Dice per tissue and the best mean Dice; return the per-tissue values."""
+    metrics = evaluator.state.metrics
+    dice = {t: float(metrics[f"val_dice_{t}"]) for t in TISSUES if f"val_dice_{t}" in metrics}
+    if not dice:
+        print("No validation was run: no Dice to report.")
+        return dice
+    print("Validation Dice per tissue (last validation): " + ", ".join(f"{t} {v:.4f}" for t, v in dice.items()))
+    print(
+        f"Mean Dice {metrics.get(key_metric, float('nan')):.4f}; "
+        f"best {evaluator.state.best_metric:.4f} at epoch {evaluator.state.best_metric_epoch}"
+    )
+    return dice

@@ -1,0 +1,50 @@
+"""Small transforms the bundle needs beyond MONAI's own."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from .datasets import IGNORE_LABEL
+
+
+class MaskIgnoredd(MapTransform):
+    """Set ``keys`` to background (0) wherever ``label_key`` holds ``ignore_value``.
+
+    Used before metrics so that structures a dataset excludes from evaluation (MRBrainS cerebellum,
+    brainstem, ...) count neither as hits nor as errors. Expects label maps, not one-hot.
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", ignore_value: int = IGNORE_LABEL):
+        super().__init__(keys)
+        self.label_key = label_key
+        self.ignore_value = ignore_value
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        ignored = d[self.label_key] == self.ignore_value
+        for key in self.key_iterator(d):
+            d[key] = torch.where(ignored, torch.zeros_like(d[key]), d[key])
+        return d
+
+
+class SubjectToMetad(MapTransform):
+    """Copy the datalist's subject id into the metadata of ``keys`` so saved outputs are named after the subject."""
+
+    def __init__(self, keys: KeysCollection, subject_key: str = "subject"):
+        super().__init__(keys)
+        self.subject_key = subject_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key].meta[self.subject_key] = d[self.subject_key]
+        return d
+
+
+def subject_name_formatter(metadict: dict, saver) -> dict:
+    """``SaveImaged`` name formatter: name outputs ``<subject><postfix>`` after the subject id in the metadata."""
+    return {"subject": str(metadict["subject"]), "idx": metadict.get("patch_index")}

@@ -1,0 +1,31 @@
+"""Loss values checked against hand computations."""
+
+import math
+
+import torch
+
+from scripts.datasets import IGNORE_LABEL
+from scripts.losses import LabelledCrossEntropy
+
+
+def test_all_zero_logits_give_log_k():
+    loss = LabelledCrossEntropy()(torch.zeros(1, 4, 2, 1, 1), torch.tensor([0, 3]).view(1, 1, 2, 1, 1))
+    assert math.isclose(loss.item(), math.log(4), rel_tol=1e-6)
+
+
+def test_two_voxels_one_ignored():
+    logits = torch.zeros(1, 4, 2, 1, 1)
+    logits[0, 1, 0] = math.log(3.0)  # voxel 0: p(CSF) = 3 / 6
+    label = torch.tensor([1, IGNORE_LABEL]).view(1, 1, 2, 1, 1)
+    loss = LabelledCrossEntropy()(logits, label)
+    assert math.isclose(loss.item(), math.log(2.0), rel_tol=1e-6)
+
+
+def test_class_weights_weighted_mean():
+    # voxel 0 label 0 (weight 1), voxel 1 label 2 (weight 3); both have loss log 4 -> weighted mean log 4,
+    # so change voxel 1 to loss log 2 and check (1*log4 + 3*log2) / 4.
+    logits = torch.zeros(1, 4, 2, 1, 1)
+    logits[0, 2, 1] = math.log(3.0)
+    label = torch.tensor([0, 2]).view(1, 1, 2, 1, 1)
+    loss = LabelledCrossEntropy(class_weights=[1.0, 1.0, 3.0, 1.0])(logits, label)
+    assert math.isclose(loss.item(), (math.log(4) + 3 * math.log(2)) / 4, rel_tol=1e-6)
