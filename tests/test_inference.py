@@ -1,0 +1,69 @@
+"""Inference writes label maps on the input's own voxel grid, whatever its orientation and spacing."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import run
+
+CENTRES = [-1.0, -1 / 3, 1 / 3, 1.0]  # scaled T1 intensity of background, CSF, GM, WM
+
+
+def _oracle_checkpoint(path):
+    """A 1x1x1 convolution whose argmax picks the class whose scaled T1 intensity is nearest.
+
+    With logits l_k = 2 c_k x - c_k^2 the argmax is the nearest centre c_k, so a correct pipeline reproduces the
+    ground-truth map exactly, up to interpolation at region borders.
+    """
+    conv = torch.nn.Conv3d(2, 4, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, 0, 0, 0, 0] = torch.tensor([2 * c for c in CENTRES])
+        conv.bias.copy_(torch.tensor([-(c**2) for c in CENTRES]))
+    torch.save({"model": conv.state_dict()}, path)
+
+
+def _lps_volume(folder):
+    """An asymmetric 3-tissue volume stored in LPS orientation with anisotropic spacing."""
+    shape = (40, 36, 18)
+    label = np.zeros(shape, np.uint8)
+    label[4:36, 4:32, 3:15] = 1
+    label[8:30, 8:24, 5:13] = 2
+    label[10:20, 10:18, 6:11] = 3  # off-centre: a flip or a shift would show
+    t1 = (label.astype(np.float32) * 100.0)
+    t2 = np.where(label > 0, 50.0, 0.0).astype(np.float32)
+    affine = np.diag([-1.2, -0.9, 2.0, 1.0])  # LPS, anisotropic
+    affine[:3, 3] = [30.0, 20.0, -10.0]
+    for name, data in {"T1": t1, "T2": t2, "label": label}.items():
+        nib.save(nib.Nifti1Image(data, affine), str(folder / f"case01_{name}.nii.gz"))
+    return label, affine
+
+
+@pytest.mark.parametrize("output_labels", [[0, 1, 2, 3], [0, 10, 150, 250]])
+def test_labels_land_on_input_grid(bundle_root, tmp_path, monkeypatch, output_labels):
+    data = tmp_path / "data"
+    data.mkdir()
+    label, affine = _lps_volume(data)
+    _oracle_checkpoint(tmp_path / "oracle.pt")
+    monkeypatch.chdir(bundle_root)
+    run(
+        "inference",
+        config_file="configs/inference.yaml",
+        dataset_dir=str(data),
+        dataset_format="folder",
+        output_dir=str(tmp_path / "out"),
+        ckpt_path=str(tmp_path / "oracle.pt"),
+        network_def={"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1},
+        roi_size=[32, 32, 32],
+        output_labels=output_labels,
+        save_probabilities=True,
+    )
+    seg = nib.load(str(tmp_path / "out" / "case01_seg.nii.gz"))
+    assert seg.shape == label.shape
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-4)
+    expected = np.take(output_labels, label)
+    agreement = (np.asarray(seg.dataobj) == expected).mean()
+    assert agreement > 0.99, agreement  # a flipped map scores 0.95, a 2-voxel shift 0.92
+    prob = nib.load(str(tmp_path / "out" / "case01_prob.nii.gz"))
+    assert prob.shape == (*label.shape, 4)
+    assert sorted(p.name for p in data.iterdir()) == ["case01_T1.nii.gz", "case01_T2.nii.gz", "case01_label.nii.gz"]
