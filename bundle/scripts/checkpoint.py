@@ -1,4 +1,4 @@
-"""Checkpoint helpers: weights are stored on the CPU as ``{"model": state_dict}``."""
+"""Checkpoint helpers: the bundle's weights file is ``{"model": state_dict}`` with tensors on the CPU."""
 
 from __future__ import annotations
 
@@ -13,18 +13,20 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-class CPUStateDict:
-    """Give a network to MONAI's ``CheckpointSaver``/``CheckpointLoader`` so its weights are saved on the CPU.
+class BundleWeights:
+    """Give a network to MONAI's ``CheckpointSaver`` so it writes ``{"model": state_dict}`` on the CPU.
 
-    Saved tensors are moved to the CPU and lose any DDP ``module.`` prefix, so a checkpoint written on a GPU,
-    or by several processes, loads anywhere.
+    Ignite saves a lone object's ``state_dict()`` without a key, so the key is added here. Tensors are moved to
+    the CPU and lose any DDP ``module.`` prefix: a checkpoint written on a GPU, or by several processes, loads
+    anywhere, and MONAI's ``CheckpointLoader`` / MONAI Label read it with the key ``model``.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, key: str = "model"):
         self.module = module
+        self.key = key
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in unwrap(self.module).state_dict().items()}
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {self.key: {k: v.detach().cpu() for k, v in unwrap(self.module).state_dict().items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Any:
-        return unwrap(self.module).load_state_dict(state_dict, strict=strict)
+        return unwrap(self.module).load_state_dict(state_dict.get(self.key, state_dict), strict=strict)

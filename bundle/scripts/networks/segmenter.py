@@ -13,7 +13,8 @@ from torch import nn
 class Segmenter(nn.Module):
     """3D U-Net that outputs K tissue logits per voxel (Mondal et al. 2018; DESIGN.md section 2).
 
-    The GAN's "fake" class has a fixed logit of 0, so the network needs no extra output channel.
+    Weights and activations use the ``channels_last_3d`` memory layout: 1.5-2x faster 3D convolutions on
+    CPUs (oneDNN) and no slower on GPUs. The GAN's "fake" class has a fixed logit of 0, so the network needs no extra output channel.
     ``forward_features`` also returns the bottleneck features used for feature matching.
 
     Args:
@@ -21,7 +22,8 @@ class Segmenter(nn.Module):
         out_channels: number of tissue classes K (background, CSF, GM, WM).
         features: channels per resolution level; ``len(features) - 1`` downsamplings, so patch
             sizes must be divisible by ``2 ** (len(features) - 1)``.
-        norm: MONAI normalisation name (``instance`` keeps inference on crops independent of the batch).
+        norm: MONAI normalisation; batch norm (the default) makes evaluation independent of the window size,
+            so whole head-cropped volumes can be segmented in one window, and is the fastest on CPUs.
         dropout: dropout probability in every convolution block.
     """
 
@@ -29,8 +31,8 @@ class Segmenter(nn.Module):
         self,
         in_channels: int,
         out_channels: int = 4,
-        features: Sequence[int] = (16, 32, 64, 128),
-        norm: str | tuple = ("instance", {"affine": True}),
+        features: Sequence[int] = (8, 16, 32, 64),
+        norm: str | tuple = "batch",
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
         dropout: float = 0.0,
     ):
@@ -46,10 +48,11 @@ class Segmenter(nn.Module):
             for c_deep, c_skip in zip(features[:0:-1], features[-2::-1])
         )
         self.head = Convolution(3, features[0], out_channels, kernel_size=1, conv_only=True)
+        self.to(memory_format=torch.channels_last_3d)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(logits, bottleneck_features)``."""
-        skips = [self.stem(x)]
+        skips = [self.stem(x.contiguous(memory_format=torch.channels_last_3d))]
         for down in self.down:
             skips.append(down(skips[-1]))
         bottleneck = skips.pop()

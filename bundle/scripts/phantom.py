@@ -1,0 +1,521 @@
+"""Seeded procedural brain-MRI phantoms (SynthSeg-style), written in the iSEG-2017 and MRBrainS13 layouts.
+
+A subject is drawn in a "template space" measured in mm: an ellipsoidal brain under a shell of extracerebral CSF,
+a folded cortical ribbon (sulci are the zero sheets of random band-limited noise on the brain surface), a WM core,
+deep GM nuclei, curved lateral ventricles and, for adults, cerebellum, brainstem and small periventricular WM lesions.
+The voxel grid maps into that space through a small random rotation and a smooth random elastic displacement, so every
+seed gives a different brain. Smooth fields are computed on a coarse grid (``_COARSE_MM``) and upsampled linearly;
+tissue boundaries are thresholded at full resolution. Intensities follow SynthSeg: per-structure Gaussians per
+modality around preset means, a smooth intensity modulation of WM (myelination), a multiplicative bias field,
+partial-volume blur with random per-axis resolution, Rician noise, and a background of exactly 0.
+
+CLI (from the bundle root)::
+
+    python -m scripts.phantom iseg --out_dir data/iseg --num_labeled 2 --num_unlabeled 1 --shape "[64,64,64]"
+    python -m scripts.phantom mrbrains13 --out_dir data/mrbrains13
+    python -m scripts.phantom subject --out_dir /tmp/subject --preset adult --seed 3
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import fire
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+TISSUES = ("background", "CSF", "GM", "WM")
+PRESETS = {"infant": ("t1", "t2"), "adult": ("t1", "t1_ir", "flair")}
+
+# MRBrainS13 structure codes (0 is background).
+_CORTEX, _DEEP_GM, _WM, _LESION, _OUTER_CSF, _VENTRICLE, _CEREBELLUM, _BRAINSTEM = range(1, 9)
+_STRUCTURE_TO_TISSUE = np.array([0, 2, 2, 3, 3, 1, 1, 2, 3], np.uint8)
+_STRUCTURE_TO_TESTING_LABEL = np.array([0, 2, 2, 3, 3, 1, 1, 0, 0], np.uint8)  # MRBrainS13 LabelsForTesting
+_ISEG_LABEL_VALUES = np.array([0, 10, 150, 250], np.uint8)
+
+# Preset mean intensity per structure code:
+#   (bg, cortical GM, deep GM, WM, WM lesion, extracerebral CSF, ventricle, cerebellum, brainstem)
+_MEAN_INTENSITY = {
+    "infant": {  # 6-month isointense phase, iSEG-2017-like
+        "t1": (0, 400, 420, 450, 450, 180, 180, 400, 450),
+        "t2": (0, 620, 600, 570, 570, 1000, 1000, 620, 570),
+    },
+    "adult": {  # elderly adults, MRBrainS13-like
+        "t1": (0, 600, 680, 850, 650, 250, 250, 640, 800),
+        "t1_ir": (0, 450, 620, 1000, 500, 60, 60, 520, 900),
+        "flair": (0, 540, 490, 430, 900, 80, 80, 520, 440),
+    },
+}
+# Largest pull of WM towards cortical GM intensity by the smooth modulation field (unmyelinated WM in infants).
+_WM_MODULATION = {"infant": 0.4, "adult": 0.2}
+
+# Inner structures as (centre, semi-axes) in fractions of the brain semi-axes (LR, PA, IS); nuclei are mirrored.
+_DEEP_GM_NUCLEI = (((0.30, 0.05, -0.05), (0.09, 0.20, 0.15)),  # lentiform nucleus
+                   ((0.16, 0.26, 0.10), (0.06, 0.16, 0.09)),  # caudate head
+                   ((0.10, -0.15, -0.02), (0.085, 0.14, 0.11)))  # thalamus
+_CEREBELLUM_ELLIPSOID = ((0.0, -0.55, -0.6), (0.62, 0.38, 0.36))
+_BRAINSTEM_ELLIPSOID = ((0.0, -0.1, -0.6), (0.14, 0.16, 0.5))
+
+_COARSE_MM = 2.0  # spacing of the coarse grid that carries smooth fields
+_MARKER = "phantom.json"
+_STAGING = ".phantom-staging"
+_FORMAT_VERSION = 1
+
+
+def make_subject(shape=(144, 192, 256), preset="infant", seed=0, spacing=(1.0, 1.0, 1.0)) -> dict:
+    """Draw one phantom subject.
+
+    Returns ``{"images": {modality: float32 array of shape}, "label": uint8 (0 bg, 1 CSF, 2 GM, 3 WM),
+    "structures": uint8 MRBrainS13 codes (0 bg, 1 cortical GM, 2 basal ganglia, 3 WM, 4 WM lesions,
+    5 extracerebral CSF, 6 ventricles, 7 cerebellum, 8 brainstem)}``. Modalities are ``PRESETS[preset]``;
+    axis 0 runs left-right, axis 1 posterior-anterior, axis 2 inferior-superior; ``spacing`` is in mm.
+    The same arguments give identical arrays.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    rng = np.random.default_rng(seed)
+    structures = _draw_structures(rng, shape, spacing, preset)
+    images = _synthesize_images(rng, structures, spacing, preset)
+    return {"images": images, "label": _STRUCTURE_TO_TISSUE[structures], "structures": structures}
+
+
+def write_iseg(out_dir, num_labeled=10, num_unlabeled=13, shape=(144, 192, 256), seed=0) -> list[str]:
+    """Write infant phantoms in the iSEG-2017 layout and return the subject ids (``subject-N``).
+
+    Files: ``subject-N-T1.hdr/.img`` and ``subject-N-T2.hdr/.img`` (Analyze 7.5, int16, background 0, 1 mm) for
+    N in 1..num_labeled+num_unlabeled, and ``subject-N-label.hdr/.img`` (uint8, 0/10/150/250) for N <= num_labeled.
+    Idempotent and safe, like ``write_dataset``.
+    """
+    arguments = {"num_labeled": int(num_labeled), "num_unlabeled": int(num_unlabeled),
+                 "shape": [int(n) for n in shape], "seed": int(seed)}
+    return _write_once(out_dir, "iseg", arguments, lambda staging: _write_iseg_files(staging, **arguments))
+
+
+def write_mrbrains13(out_dir, num_labeled=5, num_unlabeled=15, shape=(240, 240, 48), seed=0,
+                     spacing=(0.958, 0.958, 3.0)) -> list[str]:
+    """Write adult phantoms in the MRBrainS13 layout and return the subject folders (``TrainingData/1``, ...).
+
+    ``TrainingData/<i>/{T1, T1_IR, T2_FLAIR, LabelsForTraining, LabelsForTesting}.nii`` for i in 1..num_labeled
+    (LabelsForTraining: codes 0..8; LabelsForTesting: 0 bg, 1 CSF, 2 GM, 3 WM with cerebellum and brainstem 0) and
+    ``TestData/<i>/{T1, T1_IR, T2_FLAIR}.nii`` for the unlabelled ones, numbered after the labelled ones.
+    Images are int16 NIfTI whose affine carries ``spacing``. Idempotent and safe, like ``write_dataset``.
+    """
+    arguments = {"num_labeled": int(num_labeled), "num_unlabeled": int(num_unlabeled),
+                 "shape": [int(n) for n in shape], "seed": int(seed), "spacing": [float(s) for s in spacing]}
+    return _write_once(out_dir, "mrbrains13", arguments, lambda staging: _write_mrbrains13_files(staging, **arguments))
+
+
+def write_dataset(out_dir, layout="iseg", **kwargs) -> list[str]:
+    """Write a phantom dataset with ``layout`` "iseg" (``write_iseg``) or "mrbrains13" (``write_mrbrains13``).
+
+    ``out_dir/phantom.json`` records the arguments: a complete dataset written with the same arguments is kept as
+    it is (nothing is rewritten), a phantom dataset with other arguments is replaced, and a non-empty folder without
+    the marker is refused with a ValueError. Files are written to a staging folder and renamed into place.
+    """
+    writers = {"iseg": write_iseg, "mrbrains13": write_mrbrains13}
+    if layout not in writers:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(writers)}")
+    return writers[layout](out_dir, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Anatomy
+
+
+def _draw_structures(rng, shape, spacing, preset):
+    """Structure-code map (uint8, MRBrainS13 codes) of one random brain on the voxel grid."""
+    extent = _extent_mm(shape, spacing)
+    coarse_shape = tuple(min(n, int(np.ceil(e / _COARSE_MM)) + 1) for n, e in zip(shape, extent))
+    room = np.maximum(extent / 2 - 6.0, extent / 4)  # keep >= 6 mm for the CSF shell and the deformation
+    semi_axes = room * rng.uniform(0.80, 0.88, 3)
+    q = _template_coordinates(rng, coarse_shape, extent, semi_axes.min())
+    fields, widths = _anatomy_fields(rng, q, semi_axes, extent, preset == "adult")
+    return _threshold_fields({name: _resize_linear(field, shape) for name, field in fields.items()}, widths)
+
+
+def _extent_mm(shape, spacing):
+    """Distance (mm) between the centres of the first and last voxels along each axis."""
+    return np.array([(n - 1) * s for n, s in zip(shape, spacing)])
+
+
+def _template_coordinates(rng, coarse_shape, extent, brain_size):
+    """Template-space mm coordinates (3, *coarse_shape) of the coarse grid: small rotation + elastic displacement
+    (standard deviation 2-4 % of ``brain_size``, the smallest semi-axis in mm)."""
+    axes = [np.linspace(-e / 2, e / 2, n, dtype=np.float32) for n, e in zip(coarse_shape, extent)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"))
+    rotation = _rotation_matrix(rng.uniform(-np.pi / 36, np.pi / 36, 3)).astype(np.float32)
+    noise = np.stack([_smooth_noise(rng, coarse_shape, extent, 25.0) for _ in range(3)])
+    displacement = rng.uniform(0.02, 0.04) * brain_size * noise
+    return np.einsum("ij,j...->i...", rotation, points) + displacement
+
+
+def _rotation_matrix(angles):
+    """Rotation matrix from three Euler angles (radians)."""
+    rotation = np.eye(3)
+    for axis, angle in enumerate(angles):
+        i, j = [k for k in range(3) if k != axis]
+        plane = np.eye(3)
+        plane[[i, i, j, j], [i, j, i, j]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+        rotation = rotation @ plane
+    return rotation
+
+
+def _anatomy_fields(rng, q, brain_axes, extent, adult):
+    """Smooth coarse fields (mm) and CSF cleft half-widths (mm) whose thresholds define the structures.
+
+    ``q``: template coordinates of the coarse grid; ``brain_axes``: semi-axes of the pial envelope; ``extent``: grid
+    size (mm). Positions and sizes of inner structures are fractions of ``brain_axes``.
+    """
+    coarse_shape = q.shape[1:]
+    steps = [e / max(n - 1, 1) for e, n in zip(extent, coarse_shape)]
+
+    def varying(mean, relative_spread, lowest):  # smooth positive field around ``mean``
+        return np.maximum(mean * (1 + relative_spread * _smooth_noise(rng, coarse_shape, extent, 30.0)), lowest)
+
+    depth = -_ellipsoid_distance(q, (0, 0, 0), brain_axes)  # below the pial envelope
+    shell = varying(rng.uniform(2.5, 5.0) if adult else rng.uniform(2.0, 4.5), 0.4, 0.8)
+    sulcus_depth = varying(rng.uniform(14.0, 24.0) if adult else rng.uniform(12.0, 20.0), 0.4, 3.0)
+    ventricle, ventricle_centres, ventricle_semi_axes, curvature = _ventricles(rng, q, brain_axes, adult)
+    fields = {
+        "depth": depth,
+        "skull_depth": depth + shell,
+        "sulcus_offset": _sulcus_offset(rng, q, brain_axes, steps),
+        "below_sulcus": depth - sulcus_depth,
+        "midline_offset": q[0] - brain_axes[0] * rng.uniform(-0.02, 0.02),
+        "below_fissure": depth - rng.uniform(0.35, 0.5) * brain_axes.min(),
+        "thickness": varying(rng.uniform(2.4, 3.2) if adult else rng.uniform(2.4, 3.4), 0.25, 1.5),
+        "deep_gm": _deep_gm_distance(rng, q, brain_axes),
+        "ventricle": ventricle,
+    }
+    widths = {"sulcus": rng.uniform(0.7, 1.4) if adult else rng.uniform(0.4, 0.8),
+              "fissure": rng.uniform(0.8, 1.6) if adult else rng.uniform(0.5, 1.0)}
+    if adult:
+        fields["lesion"] = _lesion_distance(rng, q, brain_axes, ventricle_centres, ventricle_semi_axes, curvature)
+        fields["cerebellum"] = _random_ellipsoid_distance(rng, q, brain_axes, *_CEREBELLUM_ELLIPSOID, size_jitter=0.1)
+        fields["brainstem"] = _random_ellipsoid_distance(rng, q, brain_axes, *_BRAINSTEM_ELLIPSOID, size_jitter=0.1)
+        widths["tentorium"] = rng.uniform(0.5, 1.0)
+    return {name: field.astype(np.float32) for name, field in fields.items()}, widths
+
+
+def _ellipsoid_distance(q, centre, semi_axes):
+    """Approximate signed distance (mm, negative inside) from points q (3, ...) to an axis-aligned ellipsoid."""
+    centre, semi_axes = np.asarray(centre, np.float32), np.asarray(semi_axes, np.float32)
+    scaled = [(q[k] - centre[k]) / semi_axes[k] for k in range(3)]
+    radius = np.sqrt(sum(s * s for s in scaled))
+    gradient = np.sqrt(sum((s / semi_axes[k]) ** 2 for k, s in enumerate(scaled)))
+    return (radius - 1) * radius / np.maximum(gradient, 1e-6)
+
+
+def _sulcus_offset(rng, q, brain_axes, steps):
+    """Signed distance (mm) to the sulcal sheets: zero set of band-limited noise over the directions from the centre.
+
+    The noise is a sum of random plane waves evaluated at the point of the pial envelope above each voxel, so the
+    sheets stand radially, cut the cortex from the surface inwards and lie about half a wavelength apart.
+    ``steps``: coarse grid spacing (mm) for the gradient that turns noise values into distances.
+    """
+    radius = np.sqrt(sum((q[k] / brain_axes[k]) ** 2 for k in range(3)))
+    surface_point = q / np.maximum(radius, 1e-3)
+    wavelength = rng.uniform(15.0, 20.0)
+    directions = rng.standard_normal((48, 3))
+    waves = directions / np.linalg.norm(directions, axis=1, keepdims=True) * (2 * np.pi / wavelength)
+    phases = rng.uniform(0, 2 * np.pi, len(waves))
+    noise = np.zeros(q.shape[1:], np.float32)
+    for (w0, w1, w2), phase in zip(waves.astype(np.float32), phases.astype(np.float32)):
+        noise += np.cos(w0 * surface_point[0] + w1 * surface_point[1] + w2 * surface_point[2] + phase)
+    slope = np.sqrt(sum(g * g for g in np.gradient(noise, *steps)))
+    return noise / np.maximum(slope, 0.25 * float(slope.mean()))
+
+
+def _random_ellipsoid_distance(rng, q, brain_axes, centre, semi_axes, size_jitter, shift=0.0):
+    """Distance to an ellipsoid given in fractions of ``brain_axes``, its size and position randomly jittered."""
+    centre_mm = (np.asarray(centre) + rng.normal(0, shift, 3)) * brain_axes
+    semi_axes_mm = np.asarray(semi_axes) * brain_axes * rng.uniform(1 - size_jitter, 1 + size_jitter, 3)
+    return _ellipsoid_distance(q, centre_mm, semi_axes_mm)
+
+
+def _deep_gm_distance(rng, q, brain_axes):
+    """Distance to the union of basal ganglia and thalami (left and right ellipsoids near the centre)."""
+    distance = np.full(q.shape[1:], np.inf, np.float32)
+    for centre, semi_axes in _DEEP_GM_NUCLEI:
+        for side in (-1, 1):
+            mirrored = np.multiply(centre, (side, 1, 1))
+            nucleus = _random_ellipsoid_distance(rng, q, brain_axes, mirrored, semi_axes, size_jitter=0.15, shift=0.015)
+            distance = np.minimum(distance, nucleus)
+    return distance
+
+
+def _ventricles(rng, q, brain_axes, adult):
+    """Distance to two lateral ventricles arched in the sagittal plane, with their centres, semi-axes (mm) and
+    arch curvature (SI drop in mm per squared AP mm)."""
+    semi_axes = np.array([rng.uniform(0.06, 0.10) if adult else rng.uniform(0.035, 0.06),
+                          rng.uniform(0.30, 0.40), rng.uniform(0.07, 0.11)]) * brain_axes
+    curvature = rng.uniform(0.6, 1.0) * brain_axes[2] / brain_axes[1] ** 2
+    centres = [np.array([side * rng.uniform(0.08, 0.11), rng.uniform(-0.05, 0.05), rng.uniform(0.12, 0.18)])
+               * brain_axes for side in (-1, 1)]
+    distance = np.full(q.shape[1:], np.inf, np.float32)
+    for centre in centres:
+        arched = np.stack([q[0], q[1], q[2] + curvature * (q[1] - centre[1]) ** 2])
+        distance = np.minimum(distance, _ellipsoid_distance(arched, centre, semi_axes))
+    return distance, centres, semi_axes, curvature
+
+
+def _lesion_distance(rng, q, brain_axes, ventricle_centres, ventricle_semi_axes, curvature):
+    """Distance to a few small WM lesions (spheres of 1.5-4 mm radius) just outside the ventricles."""
+    distance = np.full(q.shape[1:], np.inf, np.float32)
+    for _ in range(rng.integers(3, 9)):
+        ventricle = ventricle_centres[rng.integers(2)]
+        along = rng.uniform(-0.8, 0.8) * ventricle_semi_axes[1]
+        lateral = np.sign(ventricle[0]) * (ventricle_semi_axes[0] + rng.uniform(0.03, 0.10) * brain_axes[0])
+        above = -curvature * along ** 2 + rng.uniform(-0.3, 1.0) * ventricle_semi_axes[2]
+        radius = rng.uniform(1.5, 4.0)
+        distance = np.minimum(distance, _ellipsoid_distance(q, ventricle + (lateral, along, above), (radius,) * 3))
+    return distance
+
+
+def _cleft_distance(offset, below_fundus, half_width):
+    """Distance (mm) to a CSF cleft of ``half_width`` around a sheet, reaching from the surface to its fundus."""
+    return np.hypot(np.maximum(np.abs(offset) - half_width, 0), np.maximum(below_fundus, 0))
+
+
+def _threshold_fields(fields, widths):
+    """Structure map from the full-resolution fields and cleft half-widths of ``_anatomy_fields`` (later rules win)."""
+    structures = np.zeros(fields["depth"].shape, np.uint8)
+    inside_skull = fields["skull_depth"] >= 0
+    structures[inside_skull] = _OUTER_CSF
+    brain = fields["depth"] >= 0
+    inner_csf_distance = np.minimum(
+        _cleft_distance(fields["sulcus_offset"], fields["below_sulcus"], widths["sulcus"]),
+        _cleft_distance(fields["midline_offset"], fields["below_fissure"], widths["fissure"]))
+    adult = "cerebellum" in fields
+    if adult:  # tentorium: a CSF cleft around the cerebellum
+        tentorium = np.abs(fields["cerebellum"] - widths["tentorium"]) - widths["tentorium"]
+        inner_csf_distance = np.minimum(inner_csf_distance, tentorium)
+    structures[brain] = _WM
+    structures[brain & (np.minimum(fields["depth"], inner_csf_distance) < fields["thickness"])] = _CORTEX
+    structures[brain & (inner_csf_distance <= 0)] = _OUTER_CSF
+    structures[brain & (fields["deep_gm"] < 0)] = _DEEP_GM
+    structures[brain & (fields["ventricle"] < 0)] = _VENTRICLE
+    if adult:
+        structures[(structures == _WM) & (fields["lesion"] < 0)] = _LESION
+        structures[brain & (fields["cerebellum"] < 0)] = _CEREBELLUM
+        structures[inside_skull & (fields["brainstem"] < 0)] = _BRAINSTEM
+    return structures
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Smooth fields
+
+
+def _resize_linear(array, shape):
+    """Linear 3D resize with aligned corners, equal to ``scipy.ndimage.zoom(order=1)`` and about ten times faster
+    (one axis at a time, smallest outputs first; no BLAS, so no thread oversubscription on busy machines)."""
+    out = np.asarray(array, np.float32)
+    for axis in (2, 1, 0):
+        out = _resize_axis(out, shape[axis], axis)
+    return out
+
+
+def _resize_axis(array, size, axis):
+    """Linear resize of one axis of ``array`` to ``size`` samples, end samples aligned."""
+    if array.shape[axis] == 1:
+        return np.repeat(array, size, axis)
+    position = np.arange(size) * ((array.shape[axis] - 1) / max(size - 1, 1))
+    below = np.minimum(position.astype(np.int64), array.shape[axis] - 2)
+    weight_shape = [1] * array.ndim
+    weight_shape[axis] = size
+    weight = (position - below).astype(np.float32).reshape(weight_shape)
+    low, high = np.take(array, below, axis), np.take(array, below + 1, axis)
+    return low + weight * (high - low)
+
+
+def _smooth_noise(rng, shape, extent, correlation_mm):
+    """Zero-mean unit-variance random field on a grid of ``shape`` spanning ``extent`` mm, smooth over about
+    ``correlation_mm``."""
+    control_shape = tuple(max(2, int(np.ceil(3 * e / correlation_mm)) + 1) for e in extent)
+    control = ndimage.gaussian_filter(rng.standard_normal(control_shape), sigma=1.0, mode="nearest")
+    field = _resize_linear(control, shape)
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Intensities
+
+
+def _synthesize_images(rng, structures, spacing, preset):
+    """One float32 image per modality of the preset: Gaussian tissue intensities, WM modulation, bias, blur, noise."""
+    shape = structures.shape
+    extent = _extent_mm(shape, spacing)
+    brain = structures > 0
+    myelination = np.clip(0.5 + 0.5 * _smooth_noise(rng, shape, extent, 40.0), 0, 1)
+    wm_pull = rng.uniform(0.2, 1.0) * _WM_MODULATION[preset]
+    blur_sigma = rng.uniform(0.5, 1.0, 3)  # partial volume, voxels
+    if rng.random() < 0.5:  # resolution randomisation: one thick-slice axis
+        blur_sigma[rng.integers(3)] = rng.uniform(1.0, 1.8)
+    images = {}
+    for modality in PRESETS[preset]:
+        means = np.array(_MEAN_INTENSITY[preset][modality], np.float32)
+        means *= rng.uniform(0.85, 1.15) * (1 + 0.03 * rng.standard_normal(len(means))).astype(np.float32)
+        stds = means * rng.uniform(0.04, 0.10, len(means)).astype(np.float32)
+        pull = np.zeros_like(means)
+        pull[_WM] = wm_pull * (means[_CORTEX] - means[_WM])
+        image = means[structures] + stds[structures] * rng.standard_normal(shape, np.float32)
+        image += myelination * pull[structures]
+        image *= np.exp(rng.uniform(0.02, 0.08) * _smooth_noise(rng, shape, extent, 80.0))  # bias field
+        image = ndimage.gaussian_filter(image, blur_sigma)
+        noise_std = rng.uniform(0.01, 0.04) * (means[_CORTEX] + means[_WM]) / 2
+        image = np.hypot(image + noise_std * rng.standard_normal(shape, np.float32),
+                         noise_std * rng.standard_normal(shape, np.float32))
+        images[modality] = np.where(brain, np.maximum(image, 1), 0).astype(np.float32)
+    return images
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _subject_seed(seed, index):
+    """Seed of subject ``index`` in a dataset drawn with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def _to_int16(image):
+    """Round a non-negative float image to int16 (brain voxels stay >= 1, background 0)."""
+    return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
+
+
+def _write_iseg_files(folder, num_labeled, num_unlabeled, shape, seed):
+    """Write the iSEG-2017 files of all subjects into ``folder``; returns the subject ids."""
+    ids = []
+    for index in range(1, num_labeled + num_unlabeled + 1):
+        subject = make_subject(shape, "infant", _subject_seed(seed, index))
+        name = f"subject-{index}"
+        volumes = {"T1": _to_int16(subject["images"]["t1"]), "T2": _to_int16(subject["images"]["t2"])}
+        if index <= num_labeled:
+            volumes["label"] = _ISEG_LABEL_VALUES[subject["label"]]
+        for suffix, volume in volumes.items():
+            image = nib.AnalyzeImage(volume, np.eye(4))
+            nib.save(image, folder / f"{name}-{suffix}.hdr")
+        ids.append(name)
+    return ids
+
+
+def _write_mrbrains13_files(folder, num_labeled, num_unlabeled, shape, seed, spacing):
+    """Write the MRBrainS13 files of all subjects into ``folder``; returns the subject folders."""
+    affine = np.diag([*spacing, 1.0])
+    ids = []
+    for index in range(1, num_labeled + num_unlabeled + 1):
+        subject = make_subject(shape, "adult", _subject_seed(seed, index), spacing)
+        labeled = index <= num_labeled
+        subject_dir = Path("TrainingData" if labeled else "TestData") / str(index)
+        volumes = {name: _to_int16(subject["images"][modality])
+                   for name, modality in (("T1", "t1"), ("T1_IR", "t1_ir"), ("T2_FLAIR", "flair"))}
+        if labeled:
+            volumes["LabelsForTraining"] = subject["structures"]
+            volumes["LabelsForTesting"] = _STRUCTURE_TO_TESTING_LABEL[subject["structures"]]
+        (folder / subject_dir).mkdir(parents=True)
+        for name, volume in volumes.items():
+            _save_nifti(volume, affine, folder / subject_dir / f"{name}.nii")
+        ids.append(subject_dir.as_posix())
+    return ids
+
+
+def _save_nifti(volume, affine, path):
+    """Save ``volume`` as NIfTI-1 with ``affine`` (mm) in both qform and sform."""
+    image = nib.Nifti1Image(volume, affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, path)
+
+
+def _write_subject(out_dir, shape=(144, 192, 256), preset="infant", seed=0, spacing=(1.0, 1.0, 1.0)) -> list[str]:
+    """CLI helper: write one subject's images, label and structures as NIfTI into ``out_dir`` to look at."""
+    arguments = {"shape": [int(n) for n in shape], "preset": preset, "seed": int(seed),
+                 "spacing": [float(s) for s in spacing]}
+
+    def write(folder):
+        subject = make_subject(**arguments)
+        affine = np.diag([*arguments["spacing"], 1.0])
+        volumes = {**subject["images"], "label": subject["label"], "structures": subject["structures"]}
+        for name, volume in volumes.items():
+            _save_nifti(volume, affine, folder / f"{name}.nii.gz")
+        return [f"{name}.nii.gz" for name in volumes]
+
+    return _write_once(out_dir, "subject", arguments, write)
+
+
+def _write_once(out_dir, layout, arguments, write_files):
+    """Write a phantom dataset into ``out_dir`` unless the same one is already complete there.
+
+    ``write_files(folder)`` writes everything into a staging folder and returns the ids; the files are then renamed
+    into ``out_dir`` and the marker ``phantom.json`` is written last (atomically). Refuses a non-empty foreign folder.
+    """
+    out_dir = Path(out_dir)
+    marker_path = out_dir / _MARKER
+    request = {"generator": "scripts.phantom", "version": _FORMAT_VERSION, "layout": layout, "arguments": arguments}
+    previous = _read_marker(marker_path)
+    if previous is None:
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise ValueError(f"{out_dir} is not empty and holds no phantom dataset ({_MARKER}); not writing there")
+    elif _is_complete(out_dir, previous, request):
+        return previous["ids"]
+    else:
+        _remove_listed_files(out_dir, previous.get("files", []))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(marker_path, {**request, "complete": False, "ids": [], "files": []})
+    staging = out_dir / _STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        ids = write_files(staging)
+        files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
+        for name in files:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _write_json(marker_path, {**request, "complete": True, "ids": ids, "files": files})
+    return ids
+
+
+def _read_marker(path):
+    """Contents of a phantom marker file, or None when there is none (or it is not ours)."""
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("generator") == "scripts.phantom" else None
+
+
+def _is_complete(out_dir, marker, request):
+    """Whether ``marker`` records a complete dataset for ``request`` whose files are all present."""
+    return (marker.get("complete") is True and all(marker.get(key) == value for key, value in request.items())
+            and all((out_dir / name).is_file() for name in marker.get("files", [])))
+
+
+def _remove_listed_files(out_dir, names):
+    """Delete files of an earlier phantom dataset (only inside ``out_dir``) and the folders they leave empty."""
+    root = out_dir.resolve()
+    for name in names:
+        path = (out_dir / name).resolve()
+        if path.is_relative_to(root) and path != root:
+            path.unlink(missing_ok=True)
+            for parent in path.parents:
+                if parent == root or any(parent.iterdir()):
+                    break
+                parent.rmdir()
+
+
+def _write_json(path, content):
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+if __name__ == "__main__":
+    fire.Fire({"iseg": write_iseg, "mrbrains13": write_mrbrains13, "subject": _write_subject})

@@ -1,0 +1,80 @@
+"""End-to-end runs of the training and evaluation workflows on tiny phantom data, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scripts.networks import Segmenter
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
+    "--num_labeled", "1", "--num_val", "1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
+    "--num_workers", "0",
+]  # fmt: skip
+
+
+def _bundle(bundle_root, *args):
+    env = dict(os.environ, PYTHONPATH=str(bundle_root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=bundle_root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(bundle_root, tmp_path_factory):
+    """Train for two epochs with the user's command; return the run's folders and its printed output."""
+    tmp = tmp_path_factory.mktemp("train")
+    dirs = {"dataset_dir": tmp / "phantom", "output_dir": tmp / "runs", "ckpt_dir": tmp / "models"}
+    out = _bundle(
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "2", "--val_interval", "1",
+        *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
+    )  # fmt: skip
+    return dirs, out
+
+
+def test_training_writes_cpu_checkpoint_and_reports_dice(trained):
+    dirs, out = trained
+    ckpt = torch.load(dirs["ckpt_dir"] / "model.pt", map_location="cpu", weights_only=True)
+    assert list(ckpt) == ["model"]
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+    Segmenter(2, 4).load_state_dict(ckpt["model"])  # the default architecture
+    assert "Validation Dice per tissue" in out and "CSF" in out and "WM" in out
+    assert list((dirs["output_dir"]).glob("events.out.tfevents.*")), "no TensorBoard log"
+
+
+def test_split_is_written_and_reproducible(trained, bundle_root):
+    dirs, _ = trained
+    split = json.loads((dirs["output_dir"] / "split.json").read_text())
+    assert len(split["training"]) == 1 and len(split["validation"]) == 1 and len(split["testing"]) == 1
+    assert len(split["unlabeled"]) == 1 and "label" not in split["unlabeled"][0]
+    assert split["training"][0]["t1"].endswith("-T1.hdr")
+
+
+def test_evaluation_on_test_split(trained, bundle_root, tmp_path):
+    dirs, _ = trained
+    out = _bundle(
+        bundle_root, "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", *TINY,
+        "--dataset_dir", str(dirs["dataset_dir"]), "--ckpt_dir", str(dirs["ckpt_dir"]), "--eval_dir", str(tmp_path),
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["subjects"] == 1 and set(summary["metrics"]) == {"val_dice", "val_hd95", "val_asd"}
+    assert "| Dice |" in out
+
+
+def test_monai_label_run_id(bundle_root, tmp_path):
+    """MONAI Label trains through the default `run` id and overrides train#trainer#max_epochs."""
+    _bundle(
+        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1", *TINY,
+        "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
+        "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "1",
+    )  # fmt: skip
+    assert (tmp_path / "models" / "model.pt").exists()
