@@ -5,7 +5,7 @@ import math
 import torch
 
 from scripts.datasets import IGNORE_LABEL
-from scripts.losses import LabelledCrossEntropy
+from scripts.losses import LabelledCrossEntropy, LabelledSegmentationLoss
 
 
 def test_all_zero_logits_give_log_k():
@@ -29,3 +29,13 @@ def test_class_weights_weighted_mean():
     label = torch.tensor([0, 2]).view(1, 1, 2, 1, 1)
     loss = LabelledCrossEntropy(class_weights=[1.0, 1.0, 3.0, 1.0])(logits, label)
     assert math.isclose(loss.item(), (math.log(4) + 3 * math.log(2)) / 4, rel_tol=1e-6)
+
+
+def test_dice_term_hand_computed_and_ignores_voxels():
+    # Uniform softmax (0.25 per class) on 2 voxels: voxel 0 is CSF, voxel 1 is ignored.
+    # Soft Dice over CSF/GM/WM on voxel 0 only: CSF 2*0.25/(0.25+1) = 0.4, GM and WM ~0 -> loss (0.6+1+1)/3.
+    logits = torch.zeros(1, 4, 2, 1, 1)
+    label = torch.tensor([1, IGNORE_LABEL]).view(1, 1, 2, 1, 1)
+    loss = LabelledSegmentationLoss(dice_weight=1.0)(logits, label)
+    assert math.isclose(loss.item(), math.log(4) + (0.6 + 1 + 1) / 3, rel_tol=1e-4)
+    assert math.isclose(LabelledSegmentationLoss(dice_weight=0.0)(logits, label).item(), math.log(4), rel_tol=1e-6)

@@ -31,7 +31,7 @@ class Segmenter(nn.Module):
         self,
         in_channels: int,
         out_channels: int = 4,
-        features: Sequence[int] = (8, 16, 32, 64),
+        features: Sequence[int] = (16, 32, 64, 128),
         norm: str | tuple = "batch",
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.1, "inplace": True}),
         dropout: float = 0.0,
