@@ -67,3 +67,25 @@ def test_labels_land_on_input_grid(bundle_root, tmp_path, monkeypatch, output_la
     prob = nib.load(str(tmp_path / "out" / "case01_prob.nii.gz"))
     assert prob.shape == (*label.shape, 4)
     assert sorted(p.name for p in data.iterdir()) == ["case01_T1.nii.gz", "case01_T2.nii.gz", "case01_label.nii.gz"]
+
+
+def test_analyze_input_keeps_nibabel_grid(bundle_root, tmp_path, monkeypatch):
+    """iSEG Analyze files: the segmentation has the shape and the (nibabel) affine of the input."""
+    from scripts.phantom import write_iseg
+
+    write_iseg(tmp_path / "iseg", num_labeled=1, num_unlabeled=0, shape=(40, 48, 56), seed=3)
+    _oracle_checkpoint(tmp_path / "oracle.pt")
+    monkeypatch.chdir(bundle_root)
+    run(
+        "inference",
+        config_file="configs/inference.yaml",
+        dataset_dir=str(tmp_path / "iseg"),
+        dataset_format="iseg",
+        output_dir=str(tmp_path / "out"),
+        ckpt_path=str(tmp_path / "oracle.pt"),
+        network_def={"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1},
+    )
+    source = nib.load(str(tmp_path / "iseg" / "subject-1-T1.hdr"))
+    seg = nib.load(str(tmp_path / "out" / "subject-1_seg.nii.gz"))
+    assert seg.shape == source.shape
+    np.testing.assert_allclose(seg.affine, source.affine, atol=1e-4)
