@@ -5,7 +5,13 @@ import math
 import torch
 
 from scripts.datasets import IGNORE_LABEL
-from scripts.losses import LabelledCrossEntropy, LabelledSegmentationLoss
+from scripts.losses import (
+    DiscriminatorLoss,
+    LabelledCrossEntropy,
+    LabelledSegmentationLoss,
+    fake_loss,
+    unlabelled_loss,
+)
 
 
 def test_all_zero_logits_give_log_k():
@@ -39,3 +45,30 @@ def test_dice_term_hand_computed_and_ignores_voxels():
     loss = LabelledSegmentationLoss(dice_weight=1.0)(logits, label)
     assert math.isclose(loss.item(), math.log(4) + (0.6 + 1 + 1) / 3, rel_tol=1e-4)
     assert math.isclose(LabelledSegmentationLoss(dice_weight=0.0)(logits, label).item(), math.log(4), rel_tol=1e-6)
+
+
+def test_gan_terms_on_all_zero_logits():
+    # K = 4 zero logits: Z = 4, so D = 4/5; unlabelled -log(4/5) = log 1.25, fake -log(1/5) = log 5.
+    logits = torch.zeros(2, 4, 2, 1, 1)
+    assert math.isclose(unlabelled_loss(logits).item(), math.log(1.25), rel_tol=1e-6)
+    assert math.isclose(fake_loss(logits).item(), math.log(5.0), rel_tol=1e-6)
+
+
+def test_gan_terms_stay_finite_for_extreme_logits():
+    logits = torch.tensor([[-1000.0, -1000.0], [1000.0, 1000.0]]).view(2, 2, 1, 1, 1)
+    # voxel 0: Z ~ 0 -> unlabelled ~ 1000 - log 2, fake ~ 0; voxel 1: Z huge -> unlabelled ~ 0, fake ~ 1000 + log 2
+    unl, fake = unlabelled_loss(logits), fake_loss(logits)
+    assert torch.isfinite(unl) and torch.isfinite(fake)
+    assert math.isclose(unl.item(), (1000 - math.log(2)) / 2, rel_tol=1e-6)
+    assert math.isclose(fake.item(), (1000 + math.log(2)) / 2, rel_tol=1e-6)
+
+
+def test_discriminator_loss_weights_paper_defaults():
+    zeros = torch.zeros(1, 4, 2, 1, 1)
+    label = torch.tensor([0, 3]).view(1, 1, 2, 1, 1)
+    terms = DiscriminatorLoss()(zeros, label, zeros, zeros)
+    assert math.isclose(terms["labelled"].item(), math.log(4), rel_tol=1e-6)
+    expected = 1.0 * math.log(4) + 1.0 * math.log(1.25) + 2.0 * math.log(5)
+    assert math.isclose(terms["total"].item(), expected, rel_tol=1e-6)
+    mondal = DiscriminatorLoss(unlabelled_weight=0.5, fake_weight=0.5)(zeros, label, zeros, zeros)["total"]
+    assert math.isclose(mondal.item(), math.log(4) + 0.5 * math.log(1.25) + 0.5 * math.log(5), rel_tol=1e-6)

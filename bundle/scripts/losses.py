@@ -56,3 +56,52 @@ class LabelledSegmentationLoss(nn.Module):
         if self.dice_weight:
             loss = loss + self.dice_weight * self.dice(logits.float(), label)
         return loss
+
+
+def _logsumexp_classes(logits: torch.Tensor) -> torch.Tensor:
+    """log Z per voxel, Z = sum_k exp(l_k), over the class axis 1, in float32."""
+    return torch.logsumexp(logits.float(), dim=1)
+
+
+def unlabelled_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Real unlabelled voxels (paper eq. 4): mean of -log(Z / (Z + 1)) = softplus(-log Z).
+
+    The fake class has a fixed logit of 0, so D(x) = P(real) = Z / (Z + 1); softplus keeps it finite for any logits.
+    """
+    return nn.functional.softplus(-_logsumexp_classes(logits)).mean()
+
+
+def fake_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Generated voxels (paper eq. 5): mean of -log(1 / (Z(G) + 1)) = softplus(log Z(G))."""
+    return nn.functional.softplus(_logsumexp_classes(logits)).mean()
+
+
+class DiscriminatorLoss(nn.Module):
+    """Semi-supervised GAN discriminator loss (paper eq. 2): a_lab*l_lab + a_unlab*l_unlab + a_fake*l_fake.
+
+    Defaults are the paper's weights 1.0 / 1.0 / 2.0 (Mondal et al.'s code used 1.0 / 0.5 / 0.5). ``labelled`` is the
+    labelled-voxel loss (cross-entropy, optionally with a Dice term). Returns the total and each term, so that
+    handlers can log them.
+    """
+
+    def __init__(
+        self,
+        labelled: nn.Module | None = None,
+        labelled_weight: float = 1.0,
+        unlabelled_weight: float = 1.0,
+        fake_weight: float = 2.0,
+    ):
+        super().__init__()
+        self.labelled = labelled if labelled is not None else LabelledCrossEntropy()
+        self.weights = {"labelled": float(labelled_weight), "unlabelled": float(unlabelled_weight), "fake": float(fake_weight)}
+
+    def forward(
+        self, labelled_logits: torch.Tensor, label: torch.Tensor, unlabelled_logits: torch.Tensor, fake_logits: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        terms = {
+            "labelled": self.labelled(labelled_logits, label),
+            "unlabelled": unlabelled_loss(unlabelled_logits),
+            "fake": fake_loss(fake_logits),
+        }
+        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms
