@@ -1,5 +1,6 @@
 """Networks of the MRI-GAN bundle."""
 
+from .generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries
 from .segmenter import Segmenter
 
-__all__ = ["Segmenter"]
+__all__ = ["GTLayer", "MRIGANGenerator", "Segmenter", "StandardGANGenerator", "tissue_boundaries"]

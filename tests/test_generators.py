@@ -1,0 +1,94 @@
+"""Tests of the MRI-GAN and Standard-GAN generators, the GT-Layer and the tissue-boundary map."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scripts.networks.generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries
+
+
+def _one_hot(label: torch.Tensor, k: int = 4) -> torch.Tensor:
+    return F.one_hot(label[:, 0].long(), k).permute(0, 4, 1, 2, 3).float()
+
+
+def test_gt_layer_hand_computation():
+    layer = GTLayer(num_features=1, code_dim=3, hidden=4, eps=1e-12)
+    h = torch.tensor([1.0, 3.0]).view(1, 1, 2, 1, 1)
+    code = torch.randn(1, 3)
+    # at initialisation: plain instance norm -> [-1, 1]
+    torch.testing.assert_close(layer(h, code).flatten(), torch.tensor([-1.0, 1.0]))
+    with torch.no_grad():
+        for mlp, bias in ((layer.r_sigma, 2.0), (layer.r_mu, 0.5)):
+            mlp[-1].weight.zero_()
+            mlp[-1].bias.fill_(bias)
+    torch.testing.assert_close(layer(h, code).flatten(), torch.tensor([-1.5, 2.5]))
+
+
+def test_gt_layer_init_is_instance_norm():
+    torch.manual_seed(0)
+    layer = GTLayer(num_features=3, code_dim=5)
+    h = torch.randn(2, 3, 4, 5, 6) * 3 + 1
+    expected = F.instance_norm(h, eps=1e-5)
+    torch.testing.assert_close(layer(h, torch.randn(2, 5)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_tissue_boundaries_known_map():
+    label = torch.ones(1, 1, 4, 4, 4, dtype=torch.long)
+    label[..., 2:] = 2
+    boundary = tissue_boundaries(label)
+    expected = torch.zeros(1, 1, 4, 4, 4)
+    expected[..., 1:3] = 1.0
+    assert boundary.dtype == torch.float32
+    assert torch.equal(boundary, expected)
+    # one-hot input gives the same map
+    assert torch.equal(tissue_boundaries(_one_hot(label)), expected)
+    assert torch.equal(tissue_boundaries(torch.full((2, 1, 4, 4, 4), 3)), torch.zeros(2, 1, 4, 4, 4))
+
+
+@pytest.mark.parametrize("in_channels", [1, 2])
+@pytest.mark.parametrize("spatial", [(16, 16, 16), (16, 24, 32)])
+def test_mrigan_generator_shapes(in_channels, spatial):
+    torch.manual_seed(0)
+    net = MRIGANGenerator(in_channels, num_classes=4, features=(4, 8, 8), code_dim=4, noise_dim=2, gt_hidden=8)
+    mri = torch.randn(2, in_channels, *spatial)
+    label = _one_hot(torch.randint(0, 4, (2, 1, *spatial)))
+    fake, logits = net(mri, label)
+    assert fake.shape == mri.shape
+    assert logits.shape == (2, 1, *spatial)
+    assert fake.abs().max() < 1.0
+
+
+def test_mrigan_generator_gradient_and_label_dependence():
+    torch.manual_seed(0)
+    net = MRIGANGenerator(1, num_classes=4, features=(4, 8), code_dim=4, gt_hidden=8)
+    mri = torch.randn(1, 1, 16, 16, 16)
+    label_a = torch.zeros(1, 1, 16, 16, 16, dtype=torch.long)
+    label_a[..., 8:] = 3
+    label_b = torch.randint(0, 4, (1, 1, 16, 16, 16))
+    fake_a, _ = net(mri, _one_hot(label_a))
+    fake_a.sum().backward()
+    grad = net.tissue_encoder[0].conv.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    with torch.no_grad():
+        fake_b, _ = net(mri, _one_hot(label_b))
+    assert not torch.allclose(fake_a.detach(), fake_b, atol=1e-4)
+
+
+def test_mrigan_generator_rejects_indivisible_patch():
+    net = MRIGANGenerator(1, features=(4, 8, 8))
+    with pytest.raises(ValueError):
+        net(torch.randn(1, 1, 18, 16, 16), torch.zeros(1, 4, 18, 16, 16))
+
+
+@pytest.mark.parametrize("patch", [(16, 16, 16), (32, 16, 24)])
+def test_standard_gan_generator_shapes(patch):
+    torch.manual_seed(0)
+    net = StandardGANGenerator(2, patch_size=patch, noise_dim=10, features=(8, 4, 4))
+    out = net(torch.randn(3, 10))
+    assert out.shape == (3, 2, *patch)
+    assert out.abs().max() < 1.0
+
+
+def test_standard_gan_generator_rejects_bad_patch():
+    with pytest.raises(ValueError):
+        StandardGANGenerator(1, patch_size=(20, 16, 16))
