@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -27,7 +28,7 @@ def check_split(datalist: dict, split: str) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, newline="")
     os.replace(tmp, path)
 
 
@@ -75,10 +76,9 @@ def write_report(evaluator: Engine, subjects: Sequence[dict], eval_dir: str, spa
     rows = [["subject", *[f"{METRICS[k]} {t}" for k in per_subject for t in TISSUES]]]
     for i, subject in enumerate(subjects):
         rows.append([subject.get("subject", str(i)), *[f"{per_subject[k][i, t]:.6g}" for k in per_subject for t in range(3)]])
-    tmp = out / "metrics_per_subject.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, out / "metrics_per_subject.csv")
+    table_csv = io.StringIO()
+    csv.writer(table_csv).writerows(rows)
+    _atomic_write(out / "metrics_per_subject.csv", table_csv.getvalue())
     summary = summarize(per_subject)
     _atomic_write(out / "summary.json", json.dumps({"subjects": len(subjects), "metrics": summary}, indent=2))
     table = markdown_table(summary, len(subjects))

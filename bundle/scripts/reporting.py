@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ignite.engine import Engine
 
-TISSUES = ("CSF", "GM", "WM")
+from .evaluation import TISSUES
 
 
 def print_validation_dice(evaluator: Engine, key_metric: str = "val_mean_dice") -> dict[str, float]:
