@@ -259,6 +259,24 @@ def test_split_num_labeled_all(all_rest):
     assert ds.split_subjects(_fake_subjects(), 8, 2, seed=3) == split
 
 
+
+def test_split_num_test_fixes_test_set_and_unused_labelled_become_unlabelled():
+    subjects = _fake_subjects()
+    few = {n: ds.split_subjects(subjects, n, num_val=2, seed=0, num_test=2) for n in (1, 2, 6)}
+    for n, split in few.items():
+        assert len(split["training"]) == n and len(split["testing"]) == 2
+        assert len(split["unlabeled"]) == 3 + (10 - 2 - 2 - n)
+        assert all("label" not in e for e in split["unlabeled"])
+        names = [set(_subjects(split[k])) for k in ds.SPLITS]
+        assert sum(len(x) for x in names) == len(set().union(*names)) == 13
+    assert few[1]["testing"] == few[2]["testing"] == few[6]["testing"]
+    assert few[1]["validation"] == few[6]["validation"]
+    assert set(_subjects(few[1]["training"])) < set(_subjects(few[2]["training"]))  # nested training sets
+    # the last num_test of the shuffled order are the test subjects of the num_test=None split with 6 training
+    assert few[6]["testing"] == ds.split_subjects(subjects, 6, 2, seed=0)["testing"]
+    with pytest.raises(ValueError, match="2 testing"):
+        ds.split_subjects(subjects, 7, num_val=2, seed=0, num_test=2)
+
 # ---------------------------------------------------------------------------------------------------- datalists
 
 

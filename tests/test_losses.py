@@ -7,8 +7,10 @@ import torch
 from scripts.datasets import IGNORE_LABEL
 from scripts.losses import (
     DiscriminatorLoss,
+    GeneratorLoss,
     LabelledCrossEntropy,
     LabelledSegmentationLoss,
+    class_feature_means,
     fake_loss,
     unlabelled_loss,
 )
@@ -72,3 +74,69 @@ def test_discriminator_loss_weights_paper_defaults():
     assert math.isclose(terms["total"].item(), expected, rel_tol=1e-6)
     mondal = DiscriminatorLoss(unlabelled_weight=0.5, fake_weight=0.5)(zeros, label, zeros, zeros)["total"]
     assert math.isclose(mondal.item(), math.log(4) + 0.5 * math.log(1.25) + 0.5 * math.log(5), rel_tol=1e-6)
+
+
+def test_discriminator_loss_leaves_out_missing_terms():
+    zeros = torch.zeros(1, 4, 2, 1, 1)
+    label = torch.tensor([0, 3]).view(1, 1, 2, 1, 1)
+    terms = DiscriminatorLoss()(zeros, label)
+    assert set(terms) == {"labelled", "total"}
+    assert math.isclose(terms["total"].item(), math.log(4), rel_tol=1e-6)
+
+
+def test_class_feature_means_by_hand():
+    # one channel over 4 voxels: labels 0, 1, 1, 255 with features 2, 4, 6, 100 -> class 0 mean 2, class 1 mean 5;
+    # the ignored voxel (255) counts for no class and classes 2, 3 are absent.
+    features = torch.tensor([2.0, 4.0, 6.0, 100.0]).view(1, 1, 4, 1, 1)
+    label = torch.tensor([0, 1, 1, IGNORE_LABEL]).view(1, 1, 4, 1, 1)
+    means, present = class_feature_means(features, label, num_classes=4)
+    assert present.tolist() == [True, True, False, False]
+    assert means[:2, 0].tolist() == [2.0, 5.0]
+
+
+def test_class_feature_means_pools_labels_to_feature_resolution():
+    # a 2-voxel feature map over a 4-voxel label: the first feature voxel is half class 1, half class 2
+    features = torch.tensor([3.0, 7.0]).view(1, 1, 2, 1, 1)
+    label = torch.tensor([1, 2, 2, 2]).view(1, 1, 4, 1, 1)
+    means, present = class_feature_means(features, label, num_classes=4)
+    assert present.tolist() == [False, True, True, False]
+    assert math.isclose(means[1, 0].item(), 3.0)
+    assert math.isclose(means[2, 0].item(), (0.5 * 3 + 1.0 * 7) / 1.5, rel_tol=1e-6)
+
+
+def test_generator_feature_matching_class_wise_and_global():
+    label = torch.tensor([1, 1, 2, 2]).view(1, 1, 4, 1, 1)
+    real = torch.tensor([[1.0, 3.0, 5.0, 5.0], [0.0, 0.0, 2.0, 2.0]]).view(1, 2, 4, 1, 1)
+    fake = torch.tensor([[3.0, 3.0, 5.0, 5.0], [0.0, 2.0, 2.0, 2.0]]).view(1, 2, 4, 1, 1)
+    # class 1: real means (2, 0), fake (3, 1) -> mean sq diff 1; class 2: equal -> 0; average over classes 0.5
+    terms = GeneratorLoss(adversarial_weight=0, boundary_weight=0)(real, fake, torch.zeros(1, 4, 4, 1, 1), label)
+    assert math.isclose(terms["feature_matching"].item(), 0.5, rel_tol=1e-6)
+    assert set(terms) == {"feature_matching", "total"}
+    # global: real means (3.5, 1), fake (4, 1.5) -> (0.25 + 0.25) / 2
+    global_fm = GeneratorLoss(class_wise=False).feature_matching(real, fake)
+    assert math.isclose(global_fm.item(), 0.25, rel_tol=1e-6)
+
+
+def test_generator_loss_terms_by_hand():
+    # all-zero fake logits: adversarial -log D(G) = -log(4/5); zero boundary logits: BCE log 2 for any target;
+    # reconstruction |0.5 - 0| = 0.5. Total = 1*0 + 0.1*log1.25 + 1*log2 + 2*0.5.
+    label = torch.tensor([0, 1, 1, 3]).view(1, 1, 4, 1, 1)
+    feats = torch.ones(1, 3, 4, 1, 1)
+    loss = GeneratorLoss(reconstruction_weight=2.0)
+    terms = loss(
+        feats, feats, torch.zeros(1, 4, 4, 1, 1), label, boundary_logits=torch.zeros(1, 1, 4, 1, 1),
+        reconstruction=torch.full((1, 2, 4, 1, 1), 0.5), source=torch.zeros(1, 2, 4, 1, 1),
+    )  # fmt: skip
+    assert math.isclose(terms["adversarial"].item(), math.log(1.25), rel_tol=1e-6)
+    assert math.isclose(terms["boundary"].item(), math.log(2), rel_tol=1e-6)
+    assert math.isclose(terms["reconstruction"].item(), 0.5, rel_tol=1e-6)
+    expected = 0.1 * math.log(1.25) + math.log(2) + 2 * 0.5
+    assert math.isclose(terms["total"].item(), expected, rel_tol=1e-6)
+
+
+def test_generator_feature_matching_gradient_reaches_fakes_only():
+    label = torch.tensor([0, 1]).view(1, 1, 2, 1, 1)
+    real = torch.randn(1, 2, 2, 1, 1, requires_grad=True)
+    fake = torch.randn(1, 2, 2, 1, 1, requires_grad=True)
+    GeneratorLoss()(real, fake, torch.zeros(1, 4, 2, 1, 1), label)["total"].backward()
+    assert real.grad is None and fake.grad is not None and fake.grad.abs().sum() > 0

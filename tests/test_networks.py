@@ -12,7 +12,8 @@ def test_segmenter_shapes(in_channels, patch):
     net = Segmenter(in_channels, 4, features=(4, 8, 16))
     logits, features = net.forward_features(torch.randn(2, in_channels, *patch))
     assert logits.shape == (2, 4, *patch)
-    assert features.shape == (2, 16, *(s // 4 for s in patch))
+    assert features["bottleneck"].shape == (2, 16, *(s // 4 for s in patch))
+    assert features["last"].shape == (2, 4, *patch)
 
 
 def test_forward_matches_forward_features():

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from scripts.networks import Segmenter
+from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +47,8 @@ def test_training_writes_cpu_checkpoint_and_reports_dice(trained):
     assert list(ckpt) == ["model"]
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
     Segmenter(2, 4).load_state_dict(ckpt["model"])  # the default architecture
+    generator = torch.load(dirs["ckpt_dir"] / "generator.pt", map_location="cpu", weights_only=True)
+    MRIGANGenerator(2, 4, noise_dim=8).load_state_dict(generator["generator"])  # MRI-GAN is the default
     assert "Validation Dice per tissue" in out and "CSF" in out and "WM" in out
     assert list((dirs["output_dir"]).glob("events.out.tfevents.*")), "no TensorBoard log"
 
@@ -78,3 +80,37 @@ def test_monai_label_run_id(bundle_root, tmp_path):
         "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "1",
     )  # fmt: skip
     assert (tmp_path / "models" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("variant", ["supervised", "standard_gan"])
+def test_baselines_train_from_the_command_line(bundle_root, tmp_path, variant):
+    out = _bundle(
+        bundle_root, "training", "--config_file", f"['configs/train.yaml','configs/{variant}.yaml']", "--epochs", "1",
+        "--val_interval", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
+        "--ckpt_dir", str(tmp_path / "models"),
+    )  # fmt: skip
+    assert "Validation Dice per tissue" in out
+    last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert (tmp_path / "models" / "model.pt").exists()
+    if variant == "supervised":
+        assert not (tmp_path / "models" / "generator.pt").exists() and "generator" not in last
+    else:
+        StandardGANGenerator(2, (16, 16, 16)).load_state_dict(last["generator"])
+        assert (tmp_path / "models" / "generator.pt").exists()
+
+
+def test_resume_continues_from_the_last_checkpoint(bundle_root, tmp_path):
+    """A run stopped after 1 epoch continues with --resume from its recorded iteration, optimisers included."""
+    args = [
+        *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
+        "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "5", "--epoch_length", "2",
+    ]  # fmt: skip
+    _bundle(bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", *args)
+    first = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert first["trainer"]["iteration"] == 2 and first["g_optimizer"]["state"]
+    out = _bundle(bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "3", "--resume", "true", *args)
+    assert "resuming from iteration 2, epoch 1" in out
+    second = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert second["trainer"]["iteration"] == 6 and second["trainer"]["max_epochs"] == 3
+    step = second["optimizer"]["state"][0]["step"]
+    assert float(step) == 6  # Adam's step count went on from the first run's 2

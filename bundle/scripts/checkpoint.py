@@ -1,11 +1,15 @@
-"""Checkpoint helpers: the bundle's weights file is ``{"model": state_dict}`` with tensors on the CPU."""
+"""Checkpoint helpers: the bundle's weights file ``{"model": state_dict}`` on the CPU, and resumable last checkpoints."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 from torch import nn
+
+from .atomic import atomic_path
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -30,3 +34,49 @@ class BundleWeights:
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Any:
         return unwrap(self.module).load_state_dict(state_dict.get(self.key, state_dict), strict=strict)
+
+
+class LastCheckpoint:
+    """Ignite handler that saves everything a run needs to resume into one file, atomically.
+
+    ``save_dict`` maps names to objects with ``state_dict()`` (networks, optimisers, schedulers; ``None`` values
+    are skipped); networks are saved unwrapped from DDP, and the engine the handler is attached to is saved as
+    ``trainer``. The file is written at the end of every epoch and every ``interval`` iterations (0: epochs only),
+    through a temporary file and a rename, so a run killed while saving keeps the previous checkpoint.
+    ``resume`` restores it.
+    """
+
+    def __init__(self, save_dict: dict[str, Any], path, interval: int = 0):
+        self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
+        self.path, self.interval = path, int(interval)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        if self.interval > 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = {
+            name: (unwrap(obj) if isinstance(obj, nn.Module) else obj).state_dict()
+            for name, obj in {**self.save_dict, "trainer": engine}.items()
+        }
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+
+def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
+    """Load a ``LastCheckpoint`` file into the objects of ``save_dict`` and the trainer; return the iteration.
+
+    The trainer then continues from the recorded epoch and iteration when it is run.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    objects = {k: (unwrap(v) if isinstance(v, nn.Module) else v) for k, v in save_dict.items() if v is not None}
+    missing = sorted(set(objects) - set(checkpoint))
+    if missing:
+        raise KeyError(f"{path}: the checkpoint has no {', '.join(missing)}; was it written by this configuration?")
+    max_epochs = trainer.state.max_epochs
+    Checkpoint.load_objects({**objects, "trainer": trainer}, checkpoint)
+    if trainer.state.epoch > max_epochs:
+        raise ValueError(f"{path} is at epoch {trainer.state.epoch}, beyond --epochs {max_epochs}")
+    trainer.state.max_epochs = max_epochs  # the configured length, not the stopped run's
+    return trainer.state.iteration

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import write_json
 
 IGNORE_LABEL = 255
 FORMATS = ("iseg", "mrbrains13", "mrbrains18", "datalist", "folder", "phantom")
@@ -83,32 +84,45 @@ def find_subjects(dataset_dir, dataset_format: str, modalities, suffixes: dict |
     return sorted(subjects, key=_subject_key)
 
 
-def split_subjects(subjects: list[dict], num_labeled: int | None, num_val: int, seed: int = 0) -> dict:
+def split_subjects(
+    subjects: list[dict], num_labeled: int | None, num_val: int, seed: int = 0, num_test: int | None = None
+) -> dict:
     """Deterministic split into ``training``/``validation``/``testing``/``unlabeled`` lists.
 
     Labelled subjects (sorted by id, then shuffled with ``numpy.random.default_rng(seed)``): the first ``num_val``
-    go to validation, the next ``num_labeled`` to training (``-1``/``None``: all the rest), the remaining ones to
-    testing. Subjects without a ``label`` go to unlabeled. Each list is returned sorted by subject id.
+    go to validation, the next ``num_labeled`` to training (``-1``/``None``: all the rest). With ``num_test=None``
+    the remaining ones go to testing; with a number, the last ``num_test`` go to testing (the same subjects whatever
+    ``num_labeled`` is) and those left between training and testing join the unlabelled subjects without their
+    label (the few-shot setting). Subjects without a ``label`` go to unlabeled. Lists are sorted by subject id.
     """
-    if num_val < 0:
-        raise ValueError(f"num_val must be >= 0, got {num_val}")
+    if num_val < 0 or (num_test is not None and num_test < 0):
+        raise ValueError(f"num_val and num_test must be >= 0, got {num_val} and {num_test}")
     labeled = sorted((dict(s) for s in subjects if "label" in s), key=_subject_key)
-    unlabeled = sorted((dict(s) for s in subjects if "label" not in s), key=_subject_key)
+    unlabeled = [dict(s) for s in subjects if "label" not in s]
     all_rest = num_labeled is None or num_labeled < 0
-    needed = num_val + (0 if all_rest else num_labeled)
+    n_test = num_test or 0
+    needed = num_val + n_test + (0 if all_rest else num_labeled)
     if needed > len(labeled):
-        wanted = f"{num_val} validation" + ("" if all_rest else f" + {num_labeled} training")
+        wanted = f"{num_val} validation" + ("" if all_rest else f" + {num_labeled} training") + (
+            f" + {n_test} testing" if n_test else ""
+        )
         raise ValueError(
             f"need {wanted} = {needed} labelled subjects, but only {len(labeled)} of {len(subjects)} have a label"
         )
     order = np.random.default_rng(seed).permutation(len(labeled))
     shuffled = [labeled[i] for i in order]
-    n_train = len(labeled) - num_val if all_rest else num_labeled
+    n_train = len(labeled) - num_val - n_test if all_rest else num_labeled
+    train_end = num_val + n_train
+    if num_test is None:
+        testing, unused = shuffled[train_end:], []
+    else:
+        testing, unused = shuffled[len(shuffled) - n_test :], shuffled[train_end : len(shuffled) - n_test]
+    unlabeled += [{k: v for k, v in entry.items() if k != "label"} for entry in unused]
     return {
-        "training": sorted(shuffled[num_val : num_val + n_train], key=_subject_key),
+        "training": sorted(shuffled[num_val:train_end], key=_subject_key),
         "validation": sorted(shuffled[:num_val], key=_subject_key),
-        "testing": sorted(shuffled[num_val + n_train :], key=_subject_key),
-        "unlabeled": unlabeled,
+        "testing": sorted(testing, key=_subject_key),
+        "unlabeled": sorted(unlabeled, key=_subject_key),
     }
 
 
@@ -122,6 +136,7 @@ def build_datalist(
     suffixes: dict | None = None,
     split_file=None,
     phantom: dict | None = None,
+    num_test: int | None = None,
 ) -> dict:
     """Find the subjects of ``dataset_dir`` and split them (see ``find_subjects`` and ``split_subjects``).
 
@@ -129,7 +144,7 @@ def build_datalist(
     with ``phantom`` as keyword arguments of ``scripts.phantom.write_dataset``, then read it as ``iseg``.
     ``datalist``: a split with a non-empty ``validation`` list is kept as is (``num_labeled >= 0`` keeps the first
     ``num_labeled`` training entries); otherwise its ``training`` entries are split and its ``testing`` and
-    ``unlabeled`` entries added. ``split_file``: also write the split there as a MONAI datalist JSON (feed it back
+    ``unlabeled`` entries added. ``num_test``: see ``split_subjects``. ``split_file``: also write the split there as a MONAI datalist JSON (feed it back
     with the ``datalist`` format to reproduce the run).
     """
     fmt = _check_format(dataset_format)
@@ -141,13 +156,14 @@ def build_datalist(
         fmt = "iseg"
     try:
         if fmt == "datalist":
-            split = _split_datalist(_datalist_file(dataset_dir), modalities, num_labeled, num_val, seed)
+            split = _split_datalist(_datalist_file(dataset_dir), modalities, num_labeled, num_val, seed, num_test)
         else:
-            split = split_subjects(find_subjects(dataset_dir, fmt, modalities, suffixes), num_labeled, num_val, seed)
+            subjects = find_subjects(dataset_dir, fmt, modalities, suffixes)
+            split = split_subjects(subjects, num_labeled, num_val, seed, num_test)
     except ValueError as e:
         raise ValueError(f"{dataset_dir} ({fmt}): {e}") from None
     if split_file is not None:
-        _write_json_atomic(split_file, split)
+        write_json(split_file, split)
     return split
 
 
@@ -357,7 +373,9 @@ def _resolve_path(value: str, path: Path, name: str) -> str:
     return resolved
 
 
-def _split_datalist(path: Path, modalities: tuple[str, ...], num_labeled, num_val: int, seed: int) -> dict:
+def _split_datalist(
+    path: Path, modalities: tuple[str, ...], num_labeled, num_val: int, seed: int, num_test: int | None = None
+) -> dict:
     lists = load_datalist(path, modalities)
     if lists["validation"]:
         for name in ("training", "validation"):
@@ -368,21 +386,8 @@ def _split_datalist(path: Path, modalities: tuple[str, ...], num_labeled, num_va
                 raise ValueError(f"need {num_labeled} training subjects, {path} lists {len(lists['training'])}")
             lists["training"] = lists["training"][:num_labeled]
         return lists
-    split = split_subjects(lists["training"], num_labeled, num_val, seed)
+    split = split_subjects(lists["training"], num_labeled, num_val, seed, num_test)
     for name in ("testing", "unlabeled"):
         split[name] = sorted(split[name] + lists[name], key=_subject_key)
     return split
 
-
-def _write_json_atomic(path, data) -> None:
-    path = Path(os.path.abspath(os.path.expanduser(path)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

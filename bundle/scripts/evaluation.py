@@ -6,12 +6,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from ignite.engine import Engine
+
+from .atomic import write_text
 
 TISSUES = ("CSF", "GM", "WM")
 METRICS = {"val_dice": "Dice", "val_hd95": "HD95 (mm)", "val_asd": "ASD (mm)"}
@@ -24,12 +25,6 @@ def check_split(datalist: dict, split: str) -> None:
             f"The '{split}' split is empty: nothing to evaluate. Hold out more labelled subjects "
             f"(e.g. a smaller --num_labeled) or choose another split with --eval_split validation."
         )
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, newline="")
-    os.replace(tmp, path)
 
 
 def _voxel_to_mm(spacing: Sequence[float]) -> float:
@@ -78,10 +73,10 @@ def write_report(evaluator: Engine, subjects: Sequence[dict], eval_dir: str, spa
         rows.append([subject.get("subject", str(i)), *[f"{per_subject[k][i, t]:.6g}" for k in per_subject for t in range(3)]])
     table_csv = io.StringIO()
     csv.writer(table_csv).writerows(rows)
-    _atomic_write(out / "metrics_per_subject.csv", table_csv.getvalue())
+    write_text(out / "metrics_per_subject.csv", table_csv.getvalue())
     summary = summarize(per_subject)
-    _atomic_write(out / "summary.json", json.dumps({"subjects": len(subjects), "metrics": summary}, indent=2))
+    write_text(out / "summary.json", json.dumps({"subjects": len(subjects), "metrics": summary}, indent=2))
     table = markdown_table(summary, len(subjects))
-    _atomic_write(out / "summary.md", table)
+    write_text(out / "summary.md", table)
     print(table)
     return summary

@@ -9,6 +9,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from .datasets import IGNORE_LABEL
+from .networks.generators import tissue_boundaries, tissue_onehot
 
 
 class LabelledCrossEntropy(nn.Module):
@@ -80,7 +81,8 @@ class DiscriminatorLoss(nn.Module):
     """Semi-supervised GAN discriminator loss (paper eq. 2): a_lab*l_lab + a_unlab*l_unlab + a_fake*l_fake.
 
     Defaults are the paper's weights 1.0 / 1.0 / 2.0 (Mondal et al.'s code used 1.0 / 0.5 / 0.5). ``labelled`` is the
-    labelled-voxel loss (cross-entropy, optionally with a Dice term). Returns the total and each term, so that
+    labelled-voxel loss (cross-entropy, optionally with a Dice term). A term whose logits are ``None`` is left out
+    (no unlabelled data, or no generator: plain supervised training). Returns the total and each term, so that
     handlers can log them.
     """
 
@@ -96,12 +98,98 @@ class DiscriminatorLoss(nn.Module):
         self.weights = {"labelled": float(labelled_weight), "unlabelled": float(unlabelled_weight), "fake": float(fake_weight)}
 
     def forward(
-        self, labelled_logits: torch.Tensor, label: torch.Tensor, unlabelled_logits: torch.Tensor, fake_logits: torch.Tensor
+        self,
+        labelled_logits: torch.Tensor,
+        label: torch.Tensor,
+        unlabelled_logits: torch.Tensor | None = None,
+        fake_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        terms = {
-            "labelled": self.labelled(labelled_logits, label),
-            "unlabelled": unlabelled_loss(unlabelled_logits),
-            "fake": fake_loss(fake_logits),
+        terms = {"labelled": self.labelled(labelled_logits, label)}
+        if unlabelled_logits is not None:
+            terms["unlabelled"] = unlabelled_loss(unlabelled_logits)
+        if fake_logits is not None:
+            terms["fake"] = fake_loss(fake_logits)
+        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms
+
+
+def class_feature_means(features: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean feature vector of each tissue class over a batch: ``(K, C)`` means and a ``(K,)`` mask of present classes.
+
+    ``label`` (B, 1, *spatial) is one-hot encoded and average-pooled to the feature resolution, so each feature
+    voxel counts with the fraction of its receptive voxels in the class; ignored voxels (255) count for no class.
+    """
+    weights = tissue_onehot(label, num_classes)
+    if weights.shape[2:] != features.shape[2:]:
+        weights = nn.functional.adaptive_avg_pool3d(weights, features.shape[2:])
+    mass = weights.sum(dim=(0, 2, 3, 4))
+    sums = torch.einsum("bk...,bc...->kc", weights, features.float())
+    return sums / mass.clamp_min(1e-6)[:, None], mass > 0
+
+
+class GeneratorLoss(nn.Module):
+    """Generator loss (DESIGN.md section 2; the paper's eqs. 7-8 as we read them). Each term has a weight:
+
+    - feature matching: mean over channels of ``(E f(x_real) - E f(G))^2`` on a discriminator layer. With
+      ``class_wise`` and a tissue map, the expectations are taken per tissue class (real labelled patches and the
+      fakes generated from their tissue maps share the masks) and averaged over the classes present; otherwise over
+      all voxels of the batch (Salimans et al., Mondal et al.);
+    - adversarial: non-saturating ``-log D(G) = softplus(-log Z(G))``;
+    - boundary: binary cross-entropy of the generator's boundary logits against the tissue boundaries of the map;
+    - reconstruction: L1 between ``G(x, y_x)`` and ``x`` when the trainer passes them (weight 0 skips it).
+
+    Returns the weighted total and each term computed.
+    """
+
+    def __init__(
+        self,
+        feature_matching_weight: float = 1.0,
+        adversarial_weight: float = 0.1,
+        boundary_weight: float = 1.0,
+        reconstruction_weight: float = 0.0,
+        class_wise: bool = True,
+        num_classes: int = 4,
+    ):
+        super().__init__()
+        self.weights = {
+            "feature_matching": float(feature_matching_weight),
+            "adversarial": float(adversarial_weight),
+            "boundary": float(boundary_weight),
+            "reconstruction": float(reconstruction_weight),
         }
+        self.class_wise = class_wise
+        self.num_classes = num_classes
+
+    def feature_matching(
+        self, real_features: torch.Tensor, fake_features: torch.Tensor, label: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Squared distance of mean features, per class when ``class_wise`` and ``label`` are given."""
+        real_features = real_features.detach()
+        if self.class_wise and label is not None:
+            real, present = class_feature_means(real_features, label, self.num_classes)
+            fake, _ = class_feature_means(fake_features, label, self.num_classes)
+            return ((real - fake) ** 2).mean(dim=1)[present].mean()
+        dims = (0, *range(2, real_features.ndim))
+        return ((real_features.float().mean(dim=dims) - fake_features.float().mean(dim=dims)) ** 2).mean()
+
+    def forward(
+        self,
+        real_features: torch.Tensor,
+        fake_features: torch.Tensor,
+        fake_logits: torch.Tensor,
+        label: torch.Tensor | None = None,
+        boundary_logits: torch.Tensor | None = None,
+        reconstruction: torch.Tensor | None = None,
+        source: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``label``: tissue map the fakes were generated from (and of the real features when class-wise)."""
+        terms = {"feature_matching": self.feature_matching(real_features, fake_features, label)}
+        if self.weights["adversarial"]:
+            terms["adversarial"] = unlabelled_loss(fake_logits)
+        if self.weights["boundary"] and boundary_logits is not None and label is not None:
+            target = tissue_boundaries(label, self.num_classes)
+            terms["boundary"] = nn.functional.binary_cross_entropy_with_logits(boundary_logits.float(), target)
+        if self.weights["reconstruction"] and reconstruction is not None and source is not None:
+            terms["reconstruction"] = nn.functional.l1_loss(reconstruction.float(), source.float())
         terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms

@@ -26,6 +26,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from .atomic import write_json
+
 TISSUES = ("background", "CSF", "GM", "WM")
 PRESETS = {"infant": ("t1", "t2"), "adult": ("t1", "t1_ir", "flair")}
 
@@ -466,7 +468,7 @@ def _write_once(out_dir, layout, arguments, write_files):
     else:
         _remove_listed_files(out_dir, previous.get("files", []))
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(marker_path, {**request, "complete": False, "ids": [], "files": []})
+    write_json(marker_path, {**request, "complete": False, "ids": [], "files": []})
     staging = out_dir / _STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -478,7 +480,7 @@ def _write_once(out_dir, layout, arguments, write_files):
             os.replace(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _write_json(marker_path, {**request, "complete": True, "ids": ids, "files": files})
+    write_json(marker_path, {**request, "complete": True, "ids": ids, "files": files})
     return ids
 
 
@@ -508,13 +510,6 @@ def _remove_listed_files(out_dir, names):
                 if parent == root or any(parent.iterdir()):
                     break
                 parent.rmdir()
-
-
-def _write_json(path, content):
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 if __name__ == "__main__":

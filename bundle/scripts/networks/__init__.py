@@ -1,6 +1,6 @@
 """Networks of the MRI-GAN bundle."""
 
-from .generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries
+from .generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries, tissue_onehot
 from .segmenter import Segmenter
 
-__all__ = ["GTLayer", "MRIGANGenerator", "Segmenter", "StandardGANGenerator", "tissue_boundaries"]
+__all__ = ["GTLayer", "MRIGANGenerator", "Segmenter", "StandardGANGenerator", "tissue_boundaries", "tissue_onehot"]

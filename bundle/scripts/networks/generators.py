@@ -43,6 +43,13 @@ class GTLayer(nn.Module):
         return self.r_sigma(code)[(..., *extra)] * (h - mu) / sigma + self.r_mu(code)[(..., *extra)]
 
 
+def tissue_onehot(label: Tensor, num_classes: int = 4) -> Tensor:
+    """One-hot float map (B, K, *spatial) of an integer label map (B, 1, *spatial); labels outside 0..K-1
+    (the ignore label 255) get an all-zero vector, so they count as no tissue."""
+    classes = torch.arange(num_classes, device=label.device).view(1, num_classes, *([1] * (label.ndim - 2)))
+    return (label.long() == classes).float()
+
+
 def tissue_boundaries(label: Tensor, num_classes: int = 4) -> Tensor:
     """Tissue-boundary map of a label map by morphological gradient over the full 3x3x3 neighbourhood.
 
@@ -101,6 +108,8 @@ class MRIGANGenerator(nn.Module):
         noise_dim: size of the noise appended to the code (0: deterministic generator).
         gt_hidden: hidden width of the GT-Layer MLPs.
     """
+
+    conditional = True  # takes (source MRI, tissue map, noise); the trainer reads this
 
     def __init__(
         self,
@@ -178,6 +187,8 @@ class StandardGANGenerator(nn.Module):
         features: channels after the Linear layer and after the first two transposed convs.
     """
 
+    conditional = False  # takes noise only
+
     def __init__(
         self,
         out_channels: int,
@@ -187,6 +198,7 @@ class StandardGANGenerator(nn.Module):
     ):
         super().__init__()
         self.patch_size = tuple(int(p) for p in patch_size)
+        self.noise_dim = int(noise_dim)
         if len(self.patch_size) != 3 or any(p % 8 or p <= 0 for p in self.patch_size):
             raise ValueError(f"patch_size must be 3 positive sizes divisible by 8, got {patch_size}")
         f0, f1, f2 = (int(f) for f in features)

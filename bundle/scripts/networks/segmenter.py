@@ -15,7 +15,7 @@ class Segmenter(nn.Module):
 
     Weights and activations use the ``channels_last_3d`` memory layout: 1.5-2x faster 3D convolutions on
     CPUs (oneDNN) and no slower on GPUs. The GAN's "fake" class has a fixed logit of 0, so the network needs no extra output channel.
-    ``forward_features`` also returns the bottleneck features used for feature matching.
+    ``forward_features`` also returns intermediate features for the generator's feature matching.
 
     Args:
         in_channels: number of MRI modalities.
@@ -50,8 +50,9 @@ class Segmenter(nn.Module):
         self.head = Convolution(3, features[0], out_channels, kernel_size=1, conv_only=True)
         self.to(memory_format=torch.channels_last_3d)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(logits, bottleneck_features)``."""
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return ``(logits, features)``: ``features["bottleneck"]`` is the deepest encoder output and
+        ``features["last"]`` the full-resolution decoder output that feeds the 1x1x1 head."""
         skips = [self.stem(x.contiguous(memory_format=torch.channels_last_3d))]
         for down in self.down:
             skips.append(down(skips[-1]))
@@ -59,7 +60,7 @@ class Segmenter(nn.Module):
         h = bottleneck
         for up in self.up:
             h = up(h, skips.pop())
-        return self.head(h), bottleneck
+        return self.head(h), {"bottleneck": bottleneck, "last": h}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the K tissue logits, shape ``(B, K, *spatial)``."""

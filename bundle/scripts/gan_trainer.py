@@ -1,0 +1,232 @@
+"""Ignite trainer of the semi-supervised GAN whose discriminator is the segmenter (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+from ignite.metrics import Metric
+from monai.engines import Trainer
+from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
+from monai.utils import CommonKeys as Keys
+from torch import nn
+
+from .checkpoint import unwrap
+from .networks.generators import tissue_onehot
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def frozen(network: nn.Module):
+    """Evaluation mode (batch norm uses its running statistics) and no weight gradients inside; restored after."""
+    params = [(p, p.requires_grad) for p in network.parameters()]
+    training = network.training
+    try:
+        network.eval()
+        for p, _ in params:
+            p.requires_grad_(False)
+        yield network
+    finally:
+        network.train(training)
+        for p, flag in params:
+            p.requires_grad_(flag)
+
+
+class SemiSupervisedGanTrainer(Trainer):
+    """One discriminator (segmenter) step, then one generator step, per iteration.
+
+    Each iteration draws a labelled batch from ``train_data_loader`` and an unlabelled batch from
+    ``unlabeled_data_loader`` (cycled independently), and generates as many fakes as there are labelled patches:
+    the MRI-GAN generator (``generator.conditional``) turns the unlabelled patches into MRIs carrying the labelled
+    patches' tissue maps; the Standard-GAN generator maps noise to patches. In the discriminator step D sees
+    labelled, unlabelled and (detached) fake patches in one concatenated forward pass, so batch norm normalises them
+    together and its running statistics follow that mixture. In the generator step D is frozen in evaluation mode
+    (running statistics, no weight gradients): real and fake features are computed the same way, and only the
+    fakes need a backward pass. Without a generator (and without unlabelled data) this is plain supervised training
+    of the segmenter with the same data and schedule.
+
+    For the first ``warmup_iterations`` the discriminator learns from labelled patches only, while the generator
+    already trains against it: the unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already
+    predicts, and the fakes of an untrained generator fall in the intensity range of grey matter, so on an untrained
+    D either term keeps grey matter from ever being learned (see docs/README.md).
+
+    A non-finite loss skips that step's update and is counted in ``engine.state.nonfinite_steps``; ``max_nonfinite``
+    consecutive ones stop training with an error. ``engine.state.output`` holds the images, labels, fakes, the
+    labelled logits (``pred``), ``loss`` (the discriminator total) and every loss term as ``loss_d_*``/``loss_g_*``.
+
+    Args:
+        network: the segmenter, D. Its ``forward_features`` gives the features for feature matching.
+        generator: ``MRIGANGenerator``, ``StandardGANGenerator`` or ``None`` (supervised).
+        d_optimizer / g_optimizer: optimisers of D and G.
+        d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``.
+        feature_layer: key of ``forward_features`` matched by the generator (``"last"`` or ``"bottleneck"``).
+        warmup_iterations: iterations before the discriminator's unlabelled and fake terms are switched on.
+        num_classes: tissue classes K.
+        amp: mixed precision (CUDA), with one gradient scaler per network.
+        Other arguments are those of ``monai.engines.Trainer``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        d_optimizer: torch.optim.Optimizer,
+        d_loss_function: nn.Module,
+        generator: nn.Module | None = None,
+        g_optimizer: torch.optim.Optimizer | None = None,
+        g_loss_function: nn.Module | None = None,
+        unlabeled_data_loader: Iterable | None = None,
+        feature_layer: str = "last",
+        warmup_iterations: int = 0,
+        num_classes: int = 4,
+        max_nonfinite: int = 20,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+    ):
+        if generator is not None and (g_optimizer is None or g_loss_function is None):
+            raise ValueError("a generator needs g_optimizer and g_loss_function")
+        if generator is not None and getattr(unwrap(generator), "conditional", False) and unlabeled_data_loader is None:
+            raise ValueError("the MRI-GAN generator needs unlabelled source patches: give unlabeled_data_loader")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            decollate=False,
+        )
+        self.network, self.generator = network, generator
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
+        self.d_loss_function, self.g_loss_function = d_loss_function, g_loss_function
+        self.unlabeled_data_loader = unlabeled_data_loader
+        self._unlabeled_iter: Iterator | None = None
+        self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
+        self.warmup_iterations = int(warmup_iterations)
+        self.d_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.g_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        self.state.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+
+    def _autocast(self):
+        return torch.autocast("cuda") if self.amp else nullcontext()
+
+    def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> torch.Tensor:
+        """Next unlabelled image batch, restarting the loader whenever it is exhausted."""
+        if self._unlabeled_iter is None:
+            self._unlabeled_iter = iter(self.unlabeled_data_loader)
+        try:
+            batch = next(self._unlabeled_iter)
+        except StopIteration:
+            self._unlabeled_iter = iter(self.unlabeled_data_loader)
+            batch = next(self._unlabeled_iter)
+        return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]
+
+    def _generate(self, image: torch.Tensor, label: torch.Tensor, unlabeled: torch.Tensor | None):
+        """Fakes for this iteration (one per labelled patch) and the boundary logits (MRI-GAN only)."""
+        g = unwrap(self.generator)
+        if g.conditional:
+            source = unlabeled[torch.arange(image.shape[0], device=unlabeled.device) % unlabeled.shape[0]]
+            return self.generator(source, tissue_onehot(label, self.num_classes))
+        noise = torch.randn(image.shape[0], g.noise_dim, device=image.device)
+        return self.generator(noise), None
+
+    def _finite(self, engine: SemiSupervisedGanTrainer, loss: torch.Tensor, which: str) -> bool:
+        if torch.isfinite(loss):
+            return True
+        engine.state.nonfinite_steps += 1
+        logger.warning(
+            f"non-finite {which} loss ({loss.item()}) at iteration {engine.state.iteration}: update skipped "
+            f"({engine.state.nonfinite_steps} skipped so far)"
+        )
+        return False
+
+    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _iteration(self, engine: SemiSupervisedGanTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        unlabeled = self._next_unlabeled(engine) if self.unlabeled_data_loader is not None else None
+        output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
+        self.network.train()
+        fake = boundary_logits = None
+        if self.generator is not None:
+            self.generator.train()
+            with self._autocast():
+                fake, boundary_logits = self._generate(image, label, unlabeled)
+            output["fake"] = fake.detach()
+        gan_terms = engine.state.iteration > self.warmup_iterations
+        unlabeled_d = unlabeled if gan_terms else None
+        fake_d = fake.detach() if gan_terms and fake is not None else None
+        parts = [t for t in (image, unlabeled_d, fake_d) if t is not None]
+        sizes = [t.shape[0] for t in parts]
+
+        # discriminator step: labelled + unlabelled + (detached) fakes
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.network(torch.cat(parts))
+            split = list(torch.split(logits, sizes))
+            d_terms = self.d_loss_function(
+                split[0], label, split[1] if unlabeled_d is not None else None, split[-1] if fake_d is not None else None
+            )
+        output[Keys.PRED] = split[0].detach()
+        d_ok = self._finite(engine, d_terms["total"], "discriminator")
+        if d_ok:
+            self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
+        output[Keys.LOSS] = d_terms["total"].detach()
+        output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
+
+        g_ok = True
+        if self.generator is not None:
+            g_ok = self._generator_step(engine, output, image, label, unlabeled, fake, boundary_logits)
+
+        self._consecutive_nonfinite = 0 if d_ok and g_ok else self._consecutive_nonfinite + 1
+        if self._consecutive_nonfinite >= self.max_nonfinite:
+            raise RuntimeError(
+                f"training diverged: {self._consecutive_nonfinite} consecutive iterations with a non-finite loss "
+                f"(iteration {engine.state.iteration}); lower the learning rates or turn AMP off"
+            )
+        engine.state.output = output
+        return output
+
+    def _generator_step(self, engine, output, image, label, unlabeled, fake, boundary_logits) -> bool:
+        """Update G against the frozen D; class-wise matching (conditional G) uses the labelled patches' maps."""
+        class_wise = unwrap(self.generator).conditional
+        real = image if class_wise or unlabeled is None else torch.cat([image, unlabeled])
+        self.g_optimizer.zero_grad(set_to_none=True)
+        with frozen(self.network), self._autocast():
+            with torch.no_grad():
+                real_features = self.network.forward_features(real)[1][self.feature_layer]
+            fake_logits, fake_features = self.network.forward_features(fake)
+            reconstruction = None
+            if class_wise and self.g_loss_function.weights.get("reconstruction"):
+                reconstruction = self.generator(image, tissue_onehot(label, self.num_classes))[0]
+            g_terms = self.g_loss_function(
+                real_features, fake_features[self.feature_layer], fake_logits, label=label if class_wise else None,
+                boundary_logits=boundary_logits, reconstruction=reconstruction, source=image,
+            )  # fmt: skip
+        ok = self._finite(engine, g_terms["total"], "generator")
+        if ok:
+            self._step(g_terms["total"], self.g_optimizer, self.g_scaler)
+        output.update({f"loss_g_{k}": v.detach() for k, v in g_terms.items()})
+        return ok

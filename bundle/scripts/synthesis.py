@@ -1,0 +1,212 @@
+"""MRI and tissues transfer (configs/synthesize.yaml): what the config cannot express on its own.
+
+``synthesis_pairs`` checks the user's label maps and source MRIs and builds the datalist, ``load_generator`` loads
+the trained generator with clear errors, ``FitToReferenced`` brings the source onto the label map's grid,
+``SynthesisNetwork`` feeds ``[source, one-hot tissues]`` windows to the generator and ``NoisePerVolume`` draws one
+noise vector per volume, shared by all its windows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.engines.utils import PrepareBatch
+from monai.transforms import MapTransform, ResizeWithPadOrCrop
+from torch import Tensor, nn
+
+_RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
+_EXTENSIONS = (".nii.gz", ".nii", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".gz")
+# file-name endings naming a modality or a label map (iSEG, MRBrainS13/18), stripped to get the subject id
+_ROLE_NAMES = ("label", "labels", "seg", "segm", "labelsfortraining", "labelsfortesting", "t1", "t2", "t1_ir",
+               "ir", "flair", "t2_flair", "reg_t1", "reg_ir")  # fmt: skip
+
+
+def synthesis_pairs(
+    label_files, source_files, modalities: Sequence[str], output_dir, overwrite=False, postfix: str = "synth",
+    ext: str = ".nii.gz",
+) -> list[dict]:  # fmt: skip
+    """Datalist ``{"subject": "<label subject>_from_<source subject>", "label": path, <modality>: path, ...}``.
+
+    ``label_files``: label map paths; ``source_files``: one list of ``len(modalities)`` files (in the order of
+    ``modalities``) per label map, or a single one used for every label map. Raises a one-line error naming the
+    file on a missing input, a count mismatch, two pairs with the same output, an output that is an input, or an
+    existing output when ``overwrite`` is false. Outputs are ``<output_dir>/<subject>_<postfix><ext>``.
+    """
+    modalities = [str(m) for m in modalities]
+    clash = sorted(set(modalities) & set(_RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"modalities {clash} clash with keys the workflow uses ({', '.join(_RESERVED_KEYS)})")
+    labels = _as_paths(label_files, "--label_files")
+    sources = _as_sources(source_files, len(modalities))
+    if len(sources) not in (1, len(labels)):
+        raise ValueError(
+            f"got {len(labels)} label maps but {len(sources)} sources: give one source per label map "
+            "(--source_files \"[[t1, t2], ...]\"), or a single source for all of them"
+        )
+    for i, source in enumerate(sources):
+        if len(source) != len(modalities):
+            raise ValueError(
+                f"source {i + 1} {[str(p) for p in source]} has {len(source)} files but modalities {modalities} "
+                f"need {len(modalities)}, in that order"
+            )
+    inputs = [*labels, *(p for s in sources for p in s)]
+    for path in inputs:
+        _check_readable(path)
+    out_dir = Path(output_dir).expanduser().absolute()
+    entries, outputs = [], {}
+    for i, label in enumerate(labels):
+        source = sources[0] if len(sources) == 1 else sources[i]
+        subject = f"{subject_id(label)}_from_{subject_id(source[0])}"
+        out = out_dir / f"{subject}_{postfix}{ext}"
+        if out in outputs:
+            raise ValueError(f"label maps {outputs[out]} and {label} would both be written to {out}")
+        outputs[out] = label
+        if any(out.resolve() == p.resolve() for p in inputs):
+            raise ValueError(f"output {out} would overwrite an input file; choose another --output_dir")
+        if out.exists() and not as_bool(overwrite):
+            raise FileExistsError(f"{out} already exists; pass --overwrite true to replace it, or another --output_dir")
+        entries.append({"subject": subject, "label": str(label), **{m: str(p) for m, p in zip(modalities, source)}})
+    return entries
+
+
+def subject_id(path) -> str:
+    """Subject id of an input file: its name without extension and a trailing modality/label word
+    (``subject-12-T1.hdr`` -> ``subject-12``), or ``<parent>-<folder>`` for files named after a modality alone
+    (MRBrainS ``TrainingData/1/T1.nii`` -> ``TrainingData-1``; a ``pre`` folder is skipped)."""
+    path = Path(path)
+    name = path.name
+    for e in _EXTENSIONS:
+        if name.lower().endswith(e):
+            name = name[: -len(e)]
+            break
+    words = "|".join(sorted(_ROLE_NAMES, key=len, reverse=True))
+    stem = re.sub(rf"(^|[-_.])({words})$", "", name, flags=re.IGNORECASE)
+    if stem:
+        return stem
+    folder = path.absolute().parent
+    folder = folder.parent if folder.name.lower() == "pre" else folder
+    return "-".join(p for p in (folder.parent.name, folder.name) if p) or name
+
+
+def as_bool(value) -> bool:
+    """Command-line flag to bool: ``true/false/yes/no/1/0`` strings as well as bools."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.strip().lower() in ("true", "yes", "1")
+    return bool(value)
+
+
+def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
+    """Load ``{"generator": state_dict}`` (``models/generator.pt``, written by training) into ``generator``;
+    return it on ``device`` in eval mode. One-line errors name the file when it is missing or does not fit."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"generator checkpoint {path} not found: train with configs/train.yaml (it writes models/generator.pt) "
+            "or pass --ckpt_path"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read generator checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("generator"), Mapping):
+        keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
+        raise ValueError(f"{path} is not a generator checkpoint: expected {{'generator': state_dict}}, found {keys}")
+    state, own = checkpoint["generator"], generator.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or resized:
+        example = (resized or missing or unexpected)[0]
+        raise ValueError(
+            f"{path} does not fit the generator of this config ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(resized)} resized tensors, e.g. {example}): set modalities, num_classes, generator_features, "
+            "tissue_code_dim and noise_dim as in training"
+        )
+    generator.load_state_dict(state)
+    return generator.to(device).eval()
+
+
+class FitToReferenced(MapTransform):
+    """Centre-crop or pad ``keys`` (padding with ``value``) to the spatial shape of ``ref_key``.
+
+    With both cropped to their foreground first, this lays the source brain's box centred on the label map's box.
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "label", value: float = -1.0):
+        super().__init__(keys)
+        self.ref_key, self.value = ref_key, value
+
+    def __call__(self, data: Mapping[Hashable, Tensor]) -> dict[Hashable, Tensor]:
+        d = dict(data)
+        shape = d[self.ref_key].shape[1:]
+        for key in self.key_iterator(d):
+            d[key] = ResizeWithPadOrCrop(shape, value=self.value)(d[key])
+        return d
+
+
+class SynthesisNetwork(nn.Module):
+    """The generator as a one-input network for ``SlidingWindowInferer``.
+
+    Input: ``[source MRI (in_channels), one-hot tissues (num_classes)]`` concatenated on the channel axis;
+    output: the synthetic MRI (in_channels, values in (-1, 1)). ``noise`` (1 or B, noise_dim), passed by the
+    inferer to every window, is shared by the windows of a volume.
+    """
+
+    def __init__(self, generator: nn.Module, in_channels: int):
+        super().__init__()
+        self.generator, self.in_channels = generator, int(in_channels)
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        if noise is not None:
+            noise = noise.to(x.device, x.dtype).expand(x.shape[0], -1)
+        fake, _ = self.generator(x[:, : self.in_channels], x[:, self.in_channels :], noise)
+        return fake
+
+
+class NoisePerVolume(PrepareBatch):
+    """``prepare_batch`` for the evaluator: ``image`` as input, ``label`` as target (``Invertd`` needs it) and
+    ``noise=`` one N(0, 1) vector of ``noise_dim`` per volume, drawn on the CPU with torch's seeded generator."""
+
+    def __init__(self, noise_dim: int):
+        self.noise_dim = int(noise_dim)
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
+        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+        label = batchdata["label"].to(device=device, non_blocking=non_blocking, **kwargs)
+        noise = torch.randn(image.shape[0], self.noise_dim).to(device) if self.noise_dim > 0 else None
+        return image, label, (), {"noise": noise}
+
+
+def _as_paths(value, option: str) -> list[Path]:
+    if value is None or value == "" or value == []:
+        raise ValueError(f"no label maps given: pass {option} \"['/data/subject-1-label.hdr', ...]\"")
+    values = [value] if isinstance(value, (str, Path)) else list(value)
+    bad = [v for v in values if not isinstance(v, (str, Path))]
+    if bad:
+        raise ValueError(f"{option} must be a list of file paths, got {bad[0]!r}")
+    return [Path(v).expanduser() for v in values]
+
+
+def _as_sources(value, num_modalities: int) -> list[list[Path]]:
+    """Sources as lists of paths; a flat list of paths is one source (or, with one modality, one per path)."""
+    if value is None or value == "" or value == []:
+        raise ValueError("no source MRIs given: pass --source_files \"[['/data/subject-12-T1.hdr', ...]]\"")
+    if isinstance(value, (str, Path)):
+        value = [value]
+    if all(isinstance(v, (str, Path)) for v in value):
+        value = [[v] for v in value] if num_modalities == 1 else [value]
+    return [_as_paths(v, "--source_files") for v in value]
+
+
+def _check_readable(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} not found")
+    if path.suffix.lower() == ".hdr" and not any(path.with_suffix(s).is_file() for s in (".img", ".IMG")):
+        raise FileNotFoundError(f"Analyze header {path} has no {path.with_suffix('.img').name} beside it")

@@ -1,0 +1,122 @@
+"""The semi-supervised GAN trainer on tiny in-memory batches: what each step updates, warm-up, non-finite losses."""
+
+import copy
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from scripts.gan_trainer import SemiSupervisedGanTrainer, frozen
+from scripts.losses import DiscriminatorLoss, GeneratorLoss
+from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
+
+PATCH = (8, 8, 8)
+
+
+def _batches(n, with_label=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        item = {"image": torch.rand(2, 2, *PATCH, generator=g) * 2 - 1}
+        if with_label:
+            item["label"] = torch.randint(0, 4, (2, 1, *PATCH), generator=g)
+        out.append(item)
+    return out
+
+
+def _trainer(generator="mri", unlabeled=True, max_epochs=1, **kwargs):
+    torch.manual_seed(0)
+    net = Segmenter(2, 4, features=(4, 8))
+    gen = {"mri": lambda: MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, noise_dim=2),
+           "standard": lambda: StandardGANGenerator(2, PATCH, noise_dim=8, features=(8, 4, 4)),
+           None: lambda: None}[generator]()  # fmt: skip
+    trainer = SemiSupervisedGanTrainer(
+        device="cpu",
+        max_epochs=max_epochs,
+        train_data_loader=_batches(2),
+        unlabeled_data_loader=_batches(1, with_label=False, seed=1) if unlabeled else None,
+        network=net,
+        d_optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        d_loss_function=DiscriminatorLoss(),
+        generator=gen,
+        g_optimizer=torch.optim.SGD(gen.parameters(), lr=0.1) if gen is not None else None,
+        g_loss_function=GeneratorLoss() if gen is not None else None,
+        **kwargs,
+    )
+    return trainer, net, gen
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module):
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+@pytest.mark.parametrize("kind", ["mri", "standard"])
+def test_one_epoch_updates_both_networks_and_logs_every_term(kind):
+    trainer, net, gen = _trainer(kind)
+    d0, g0 = _params(net), _params(gen)
+    trainer.run()
+    assert _changed(d0, net) and _changed(g0, gen)
+    out = trainer.state.output
+    assert {"loss_d_labelled", "loss_d_unlabelled", "loss_d_fake", "loss_g_feature_matching"} <= set(out)
+    assert ("loss_g_boundary" in out) == (kind == "mri")
+    assert out["fake"].shape == out["image"].shape
+    assert math.isclose(float(out["loss"]), float(out["loss_d_total"]))
+    assert trainer.state.iteration == 2 and trainer.state.nonfinite_steps == 0
+
+
+def test_supervised_mode_has_only_the_labelled_term():
+    trainer, net, _ = _trainer(None, unlabeled=False)
+    d0 = _params(net)
+    trainer.run()
+    assert _changed(d0, net)
+    terms = {k for k in trainer.state.output if k.startswith("loss_")}
+    assert terms == {"loss_d_labelled", "loss_d_total"}
+
+
+def test_warmup_trains_discriminator_on_labelled_patches_only():
+    trainer, _, gen = _trainer("mri", warmup_iterations=1, max_epochs=1)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(set(e.state.output)))
+    g0 = _params(gen)
+    trainer.run()
+    assert "loss_d_fake" not in seen[0] and "loss_d_unlabelled" not in seen[0]
+    assert "loss_g_total" in seen[0]  # the generator trains during the warm-up
+    assert {"loss_d_fake", "loss_d_unlabelled"} <= seen[1]
+    assert _changed(g0, gen)
+
+
+def test_generator_step_leaves_discriminator_and_its_statistics_alone():
+    _, net, _ = _trainer("mri")
+    net.train()
+    before = copy.deepcopy(net.state_dict())
+    with frozen(net):
+        assert not net.training and not any(p.requires_grad for p in net.parameters())
+        net(torch.randn(2, 2, *PATCH)).sum()
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_non_finite_loss_skips_the_update_and_is_counted():
+    trainer, net, _ = _trainer("mri", max_nonfinite=5)
+    trainer.d_loss_function.weights["labelled"] = float("nan")
+    d0 = _params(net)
+    trainer.run()
+    assert not _changed(d0, net)
+    assert trainer.state.nonfinite_steps == 2
+
+
+def test_consecutive_non_finite_losses_stop_training():
+    trainer, _, _ = _trainer("mri", max_nonfinite=2)
+    trainer.d_loss_function.weights["labelled"] = float("inf")
+    with pytest.raises(RuntimeError, match="diverged"):
+        trainer.run()
+
+
+def test_mri_gan_needs_unlabelled_data():
+    with pytest.raises(ValueError, match="unlabeled_data_loader"):
+        _trainer("mri", unlabeled=False)
