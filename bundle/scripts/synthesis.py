@@ -41,7 +41,8 @@ def synthesis_pairs(
     clash = sorted(set(modalities) & set(_RESERVED_KEYS))
     if clash:
         raise ValueError(f"modalities {clash} clash with keys the workflow uses ({', '.join(_RESERVED_KEYS)})")
-    labels = _as_paths(label_files, "--label_files")
+    overwrite = as_bool(overwrite)
+    labels = _as_paths(label_files, "--label_files", "['/data/subject-1-label.hdr']")
     sources = _as_sources(source_files, len(modalities))
     if len(sources) not in (1, len(labels)):
         raise ValueError(
@@ -68,7 +69,7 @@ def synthesis_pairs(
         outputs[out] = label
         if any(out.resolve() == p.resolve() for p in inputs):
             raise ValueError(f"output {out} would overwrite an input file; choose another --output_dir")
-        if out.exists() and not as_bool(overwrite):
+        if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; pass --overwrite true to replace it, or another --output_dir")
         entries.append({"subject": subject, "label": str(label), **{m: str(p) for m, p in zip(modalities, source)}})
     return entries
@@ -114,7 +115,8 @@ def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read generator checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        reason = next(iter(str(e).strip().splitlines()), "")
+        raise ValueError(f"cannot read generator checkpoint {path}: {type(e).__name__}: {reason}") from e
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("generator"), Mapping):
         keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ValueError(f"{path} is not a generator checkpoint: expected {{'generator': state_dict}}, found {keys}")
@@ -184,25 +186,29 @@ class NoisePerVolume(PrepareBatch):
         return image, label, (), {"noise": noise}
 
 
-def _as_paths(value, option: str) -> list[Path]:
+def _as_paths(value, option: str, example: str) -> list[Path]:
+    """A path or a list of paths as Paths; an empty value is an error."""
     if value is None or value == "" or value == []:
-        raise ValueError(f"no label maps given: pass {option} \"['/data/subject-1-label.hdr', ...]\"")
-    values = [value] if isinstance(value, (str, Path)) else list(value)
+        raise ValueError(f"{option}: no files given, e.g. {option} \"{example}\"")
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
     bad = [v for v in values if not isinstance(v, (str, Path))]
     if bad:
-        raise ValueError(f"{option} must be a list of file paths, got {bad[0]!r}")
+        raise ValueError(f"{option} must hold file paths, got {bad[0]!r}")
     return [Path(v).expanduser() for v in values]
 
 
 def _as_sources(value, num_modalities: int) -> list[list[Path]]:
     """Sources as lists of paths; a flat list of paths is one source (or, with one modality, one per path)."""
-    if value is None or value == "" or value == []:
-        raise ValueError("no source MRIs given: pass --source_files \"[['/data/subject-12-T1.hdr', ...]]\"")
-    if isinstance(value, (str, Path)):
-        value = [value]
-    if all(isinstance(v, (str, Path)) for v in value):
+    example = "[['/data/subject-12-T1.hdr', '/data/subject-12-T2.hdr']]"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, Path)) for v in value):
         value = [[v] for v in value] if num_modalities == 1 else [value]
-    return [_as_paths(v, "--source_files") for v in value]
+    return [_as_paths(v, "--source_files", example) for v in _as_paths_list(value, example)]
+
+
+def _as_paths_list(value, example: str) -> list:
+    if value is None or value == "" or value == []:
+        raise ValueError(f"--source_files: no files given, e.g. --source_files \"{example}\"")
+    return [[value]] if isinstance(value, (str, Path)) else list(value)
 
 
 def _check_readable(path: Path) -> None:
