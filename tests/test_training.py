@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 
@@ -20,7 +21,7 @@ TINY = [
 
 
 def _bundle(bundle_root, *args):
-    env = dict(os.environ, PYTHONPATH=str(bundle_root))
+    env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")  # pytest -n 2 already fills 2 cores
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", *args],
         cwd=bundle_root, env=env, capture_output=True, text=True, timeout=600,
@@ -36,7 +37,7 @@ def trained(bundle_root, tmp_path_factory):
     dirs = {"dataset_dir": tmp / "phantom", "output_dir": tmp / "runs", "ckpt_dir": tmp / "models"}
     out = _bundle(
         bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "2", "--val_interval", "1",
-        *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
+        "--gan_warmup_iterations", "1", *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
     )  # fmt: skip
     return dirs, out
 
@@ -50,7 +51,14 @@ def test_training_writes_cpu_checkpoint_and_reports_dice(trained):
     generator = torch.load(dirs["ckpt_dir"] / "generator.pt", map_location="cpu", weights_only=True)
     MRIGANGenerator(2, 4, noise_dim=8).load_state_dict(generator["generator"])  # MRI-GAN is the default
     assert "Validation Dice per tissue" in out and "CSF" in out and "WM" in out
-    assert list((dirs["output_dir"]).glob("events.out.tfevents.*")), "no TensorBoard log"
+    events = list((dirs["output_dir"]).glob("events.out.tfevents.*"))
+    tags = set()
+    for f in events:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["images"]) | set(acc.Tags()["scalars"])
+    assert {"train/real", "train/fake", "train/label", "train/segmentation"} <= tags
+    assert {"loss_d_fake", "loss_d_unlabelled", "loss_g_feature_matching", "loss_g_boundary"} <= tags
 
 
 def test_split_is_written_and_reproducible(trained, bundle_root):

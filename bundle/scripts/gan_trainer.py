@@ -49,9 +49,9 @@ class SemiSupervisedGanTrainer(Trainer):
     of the segmenter with the same data and schedule.
 
     For the first ``warmup_iterations`` the discriminator learns from labelled patches only, while the generator
-    already trains against it: the unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already
-    predicts, and the fakes of an untrained generator fall in the intensity range of grey matter, so on an untrained
-    D either term keeps grey matter from ever being learned (see docs/README.md).
+    already trains against it. On an untrained D the unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever
+    class D already predicts, so grey matter never emerges, and the fake term pushes down the class that the
+    contrast-less early fakes resemble on real data too (measurements in docs/README.md).
 
     A non-finite loss skips that step's update and is counted in ``engine.state.nonfinite_steps``; ``max_nonfinite``
     consecutive ones stop training with an error. ``engine.state.output`` holds the images, labels, fakes, the
