@@ -19,6 +19,8 @@ from monai.engines.utils import PrepareBatch
 from monai.transforms import MapTransform, ResizeWithPadOrCrop
 from torch import Tensor, nn
 
+from .cli import as_bool
+
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
 _EXTENSIONS = (".nii.gz", ".nii", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".gz")
 # file-name endings naming a modality or a label map (iSEG, MRBrainS13/18), stripped to get the subject id
@@ -92,15 +94,6 @@ def subject_id(path) -> str:
     folder = path.absolute().parent
     folder = folder.parent if folder.name.lower() == "pre" else folder
     return "-".join(p for p in (folder.parent.name, folder.name) if p) or name
-
-
-def as_bool(value) -> bool:
-    """Command-line flag to bool: ``true/false/yes/no/1/0`` strings as well as bools."""
-    if isinstance(value, str):
-        if value.strip().lower() not in ("true", "false", "yes", "no", "1", "0"):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value.strip().lower() in ("true", "yes", "1")
-    return bool(value)
 
 
 def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
