@@ -89,3 +89,40 @@ def test_analyze_input_keeps_nibabel_grid(bundle_root, tmp_path, monkeypatch):
     seg = nib.load(str(tmp_path / "out" / "subject-1_seg.nii.gz"))
     assert seg.shape == source.shape
     np.testing.assert_allclose(seg.affine, source.affine, atol=1e-4)
+
+
+def _causes(error: BaseException) -> str:
+    """The messages of an exception and of its chain of causes."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def test_existing_outputs_and_input_folder_are_refused(bundle_root, tmp_path, monkeypatch):
+    """A second run stops before any work unless --overwrite; outputs never go into the input folder."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _lps_volume(data)
+    _oracle_checkpoint(tmp_path / "oracle.pt")
+    monkeypatch.chdir(bundle_root)
+    args = dict(
+        config_file="configs/inference.yaml", dataset_dir=str(data), dataset_format="folder",
+        ckpt_path=str(tmp_path / "oracle.pt"), roi_size=[32, 32, 32],
+        network_def={"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    run("inference", output_dir=str(out), **args)
+    seg = out / "case01_seg.nii.gz"
+    before = seg.read_bytes()
+    with pytest.raises(Exception) as error:
+        run("inference", output_dir=str(out), **args)
+    assert "case01_seg.nii.gz already exists" in _causes(error.value)  # MONAI wraps the error raised in the config
+    assert seg.read_bytes() == before
+    with pytest.raises(Exception) as error:
+        run("inference", output_dir=str(data), overwrite=True, **args)
+    assert "holds input files" in _causes(error.value)
+    assert sorted(p.name for p in data.iterdir()) == ["case01_T1.nii.gz", "case01_T2.nii.gz", "case01_label.nii.gz"]
+    run("inference", output_dir=str(out), overwrite="true", **args)
+    assert seg.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -108,21 +109,34 @@ def run(
     return results
 
 
+def best_epoch(train_log: Path) -> int | None:
+    """Epoch of the best validation (the checkpoint evaluated), from a training log."""
+    found = re.findall(r"best value: [0-9.]+ at epoch: (\d+)", train_log.read_text(errors="replace"))
+    return int(found[-1]) if found else None
+
+
 def report(profile: str = "cpu", work_dir: str = "runs/comparison", docs_dir: str = "docs") -> str:
     """Write the Markdown table and the Dice-versus-labelled-subjects plot of a profile's results."""
-    results = json.loads((Path(work_dir).resolve() / profile / "results.json").read_text())
+    work = Path(work_dir).resolve() / profile
+    results = json.loads((work / "results.json").read_text())
     order = {v: i for i, v in enumerate(VARIANTS)}
     results.sort(key=lambda r: (r["num_labeled"], order[r["variant"]]))
     lines = [
-        "| labelled subjects | method | Dice CSF | Dice GM | Dice WM | HD95 CSF | HD95 GM | HD95 WM | training time | iterations |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| labelled subjects | method | Dice CSF | Dice GM | Dice WM | HD95 CSF | HD95 GM | HD95 WM "
+        "| training time | iterations | best checkpoint at iteration |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    epoch_length = PROFILES[profile]["epoch_length"]
     for r in results:
         dice = " | ".join(f"{r['dice'][t]:.3f}" for t in TISSUES)
         hd95 = " | ".join(f"{r['hd95'][t]:.2f}" for t in TISSUES)
         minutes = r["train_seconds"] / 60
+        log = work / f"{r['variant']}_{r['num_labeled']}" / "train.log"
+        best = best_epoch(log) if log.exists() else None
+        best = "" if best is None else str(best * epoch_length)
         lines.append(
-            f"| {r['num_labeled']} | {LABELS[r['variant']]} | {dice} | {hd95} | {minutes:.1f} min | {r['iterations']} |"
+            f"| {r['num_labeled']} | {LABELS[r['variant']]} | {dice} | {hd95} | {minutes:.1f} min | {r['iterations']} "
+            f"| {best} |"
         )
     table = "\n".join(lines) + "\n"
     docs = Path(docs_dir).resolve()
