@@ -122,3 +122,28 @@ def test_resume_continues_from_the_last_checkpoint(bundle_root, tmp_path):
     assert second["trainer"]["iteration"] == 6 and second["trainer"]["max_epochs"] == 3
     step = second["optimizer"]["state"][0]["step"]
     assert float(step) == 6  # Adam's step count went on from the first run's 2
+
+
+def _scalars(run_dir):
+    values = {}
+    for f in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            if tag.startswith("loss"):
+                values[tag] = [round(e.value, 6) for e in acc.Scalars(tag)]
+    return values
+
+
+def test_same_seed_same_losses_on_cpu(bundle_root, tmp_path):
+    """Two runs with the same seed log the same losses, iteration by iteration, GAN terms included."""
+    runs = []
+    for name in ("a", "b"):
+        _bundle(
+            bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", "--epoch_length", "3",
+            "--gan_warmup_iterations", "1", "--val_interval", "5", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+            "--output_dir", str(tmp_path / name / "runs"), "--ckpt_dir", str(tmp_path / name / "models"),
+        )  # fmt: skip
+        runs.append(_scalars(tmp_path / name / "runs"))
+    assert runs[0]["loss_d_fake"] and len(runs[0]["loss_d_total"]) == 3
+    assert runs[0] == runs[1]
