@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from torch.utils.tensorboard import SummaryWriter
@@ -62,3 +65,36 @@ class GanImageHandler:
             image = volume[..., volume.shape[-1] // 2].detach().float().cpu().clamp(0, 1)
             self._writer.add_image(f"{self.tag}/{name}", image[None], engine.state.epoch)
         self._writer.flush()
+
+
+class TissueCollapseWarning:
+    """Warn in the log when a tissue's validation Dice falls below ``fraction`` of its best so far.
+
+    In GAN training this is how a collapse shows (the discriminator gives up a tissue the fakes resemble, see
+    docs/README.md); the best checkpoint, chosen on the mean Dice, keeps the weights from before it. Attach to the
+    evaluator; reads the metrics ``<prefix><tissue>``.
+    """
+
+    def __init__(self, tissues=("CSF", "GM", "WM"), prefix: str = "val_dice_", fraction: float = 0.5):
+        self.tissues, self.prefix, self.fraction = tuple(tissues), prefix, float(fraction)
+        self.best: dict[str, tuple[float, int]] = {}
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        for tissue in self.tissues:
+            value = engine.state.metrics.get(self.prefix + tissue)
+            if value is None:
+                continue
+            value = float(value)
+            best, best_epoch = self.best.get(tissue, (float("-inf"), 0))
+            if math.isnan(value) or value < self.fraction * best:
+                self.logger.warning(
+                    f"{self.prefix}{tissue} fell to {value:.3f} at epoch {epoch} (best {best:.3f} at epoch {best_epoch}): "
+                    f"the segmenter has collapsed on {tissue}; the best checkpoint keeps the earlier weights"
+                )
+            elif value > best:
+                self.best[tissue] = (value, epoch)
