@@ -147,3 +147,19 @@ def test_same_seed_same_losses_on_cpu(bundle_root, tmp_path):
         runs.append(_scalars(tmp_path / name / "runs"))
     assert runs[0]["loss_d_fake"] and len(runs[0]["loss_d_total"]) == 3
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("crop_sampling", ["random", "balanced"])
+def test_batches_of_two_volumes(bundle_root, tmp_path, crop_sampling):
+    """The default batch_size 2 collates patches of two labelled volumes with either crop sampling."""
+    tiny = [a for a in TINY]
+    tiny[tiny.index("--num_labeled") + 1] = "2"
+    tiny[tiny.index("--phantom#num_labeled") + 1] = "4"
+    _bundle(
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", "--epoch_length", "2",
+        "--gan_warmup_iterations", "1", "--val_interval", "5", "--batch_size", "2", "--crop_sampling", crop_sampling,
+        *tiny, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
+        "--ckpt_dir", str(tmp_path / "models"),
+    )  # fmt: skip
+    last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["trainer"]["iteration"] == 2
