@@ -4,7 +4,7 @@ Every run uses the bundle's own commands (``run training`` with the variant's ov
 with the same data split, seed and number of iterations. Validation and test subjects are fixed (``num_test``);
 labelled subjects not used for training join the unlabelled ones. Run from the bundle root:
 
-    python -m scripts.benchmark_comparison run --profile cpu      # about an hour on 2 CPU cores
+    python -m scripts.benchmark_comparison run --profile cpu      # about 80 minutes on 2 quiet CPU cores
     python -m scripts.benchmark_comparison run --profile gpu      # the default network and patches, longer
 
 Results are appended to ``<work_dir>/results.json`` as each run finishes (an interrupted benchmark resumes where it
