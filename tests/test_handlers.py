@@ -1,7 +1,8 @@
-"""Handlers: loss terms for logging and the tissue-collapse warning."""
+"""Handlers: loss terms for logging, the tissue-collapse warning and the atomic best checkpoint."""
 
 import logging
 
+import pytest
 import torch
 from ignite.engine import Engine
 
@@ -33,3 +34,31 @@ def test_collapse_warning_when_a_tissue_falls_below_half_its_best(caplog):
     assert warnings[0] == [] and warnings[1] == []
     assert len(warnings[2]) == 1 and "val_dice_CSF fell to 0.130 at epoch 3 (best 0.790 at epoch 1)" in warnings[2][0]
     assert len(warnings[3]) == 1 and "CSF" in warnings[3][0]
+
+
+def test_best_checkpoint_saves_only_new_bests_and_keeps_the_old_file_on_failure(tmp_path):
+    from scripts.checkpoint import BestCheckpoint, BundleWeights
+
+    net = torch.nn.Linear(2, 1)
+    path = tmp_path / "model.pt"
+    handler = BestCheckpoint(BundleWeights(net), path)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.best_metric_epoch = 1, 1
+    handler(engine)
+    saved = torch.load(path, weights_only=True)
+    assert list(saved) == ["model"] and torch.equal(saved["model"]["weight"], net.weight)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    engine.state.epoch = 2  # not a new best: the file keeps epoch 1's weights
+    handler(engine)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["weight"], saved["model"]["weight"])
+
+    class Broken:
+        def state_dict(self):
+            raise RuntimeError("killed while saving")
+
+    engine.state.best_metric_epoch = 2
+    with pytest.raises(RuntimeError):
+        BestCheckpoint(Broken(), path)(engine)
+    assert torch.equal(torch.load(path, weights_only=True)["model"]["weight"], saved["model"]["weight"])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left

@@ -18,11 +18,10 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 class BundleWeights:
-    """Give a network to MONAI's ``CheckpointSaver`` so it writes ``{"model": state_dict}`` on the CPU.
+    """A network's weights as the bundle's weights file: ``state_dict()`` gives ``{key: state_dict}`` on the CPU.
 
-    Ignite saves a lone object's ``state_dict()`` without a key, so the key is added here. Tensors are moved to
-    the CPU and lose any DDP ``module.`` prefix: a checkpoint written on a GPU, or by several processes, loads
-    anywhere, and MONAI's ``CheckpointLoader`` / MONAI Label read it with the key ``model``.
+    Tensors are moved to the CPU and lose any DDP ``module.`` prefix: a checkpoint written on a GPU, or by several
+    processes, loads anywhere, and MONAI's ``CheckpointLoader`` / MONAI Label read it with the key ``model``.
     """
 
     def __init__(self, module: nn.Module, key: str = "model"):
@@ -80,3 +79,23 @@ def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
         raise ValueError(f"{path} is at epoch {trainer.state.epoch}, beyond --epochs {max_epochs}")
     trainer.state.max_epochs = max_epochs  # the configured length, not the stopped run's
     return trainer.state.iteration
+
+
+class BestCheckpoint:
+    """Evaluator handler: save ``obj.state_dict()`` to ``path`` whenever the key metric reaches a new best.
+
+    MONAI workflows record the best key metric (``state.best_metric_epoch``) before user handlers run. The file is
+    written to a temporary file and renamed over the previous one, so a run killed while saving keeps the previous
+    best; MONAI's ``CheckpointSaver`` instead removes the old file first and writes the new one non-atomically.
+    """
+
+    def __init__(self, obj: Any, path):
+        self.obj, self.path = obj, path
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.best_metric_epoch == engine.state.epoch:
+            with atomic_path(self.path) as tmp:
+                torch.save(self.obj.state_dict(), tmp)
