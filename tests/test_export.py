@@ -32,7 +32,7 @@ def metadata(bundle_root):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """The inference config's segmenter, saved as the bundle saves it (``{"model": state_dict}``), and the network.
+    """The inference config's segmenter, saved as the bundle saves it (a plain state_dict), and the network.
 
     Random weights, with non-trivial batch-norm statistics, plus one channel that carries the T1 intensity from the
     stem through the last decoder level to the head, where it adds logits ``2 c_k t - c_k^2`` (nearest of the
@@ -57,7 +57,7 @@ def weights(tmp_path_factory):
         net.head.conv.weight[:, 0, 0, 0, 0] = 2 * centres
         net.head.conv.bias.copy_(-(centres**2) - 4 * centres)
     path = tmp_path_factory.mktemp("weights") / "model.pt"
-    torch.save({"model": net.state_dict()}, path)
+    torch.save(net.state_dict(), path)
     return path, net
 
 
@@ -162,7 +162,7 @@ def test_verify_net_in_out(bundle_root, n, monkeypatch):
 
 @pytest.mark.parametrize("use_trace", [False, True], ids=["script", "trace"])
 def test_ckpt_export_torchscript_matches_eager(bundle_root, weights, tmp_path, monkeypatch, use_trace):
-    """`python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file model.pt --key_in_ckpt model
+    """`python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file model.pt
     --meta_file configs/metadata.json --config_file configs/inference.yaml [--use_trace True --input_shape ...]`.
 
     Scripting keeps UpCat's padding branch, so the module takes any size; a traced module has it frozen for the
@@ -175,7 +175,6 @@ def test_ckpt_export_torchscript_matches_eager(bundle_root, weights, tmp_path, m
         ckpt_file=str(ckpt),
         meta_file="configs/metadata.json",
         config_file="configs/inference.yaml",
-        key_in_ckpt="model",
         use_trace=use_trace,
         input_shape=[1, 2, 32, 32, 32] if use_trace else None,
     )
@@ -208,26 +207,10 @@ def _zoo_copy(bundle_root, dest, state):
     return dest
 
 
-@pytest.mark.parametrize(
-    "checkpoint",
-    [
-        "plain",
-        pytest.param(
-            "bundle",
-            marks=pytest.mark.xfail(
-                raises=RuntimeError,
-                strict=True,
-                reason='the zoo exports models/model.pt without key_in_ckpt: it needs a plain state_dict, and this '
-                'bundle saves {"model": state_dict} (CheckpointLoader reads both)',
-            ),
-        ),
-    ],
-)
-def test_model_zoo_verify_bundle(bundle_root, weights, tmp_path, jsonschema, offline, checkpoint):
+def test_model_zoo_verify_bundle(bundle_root, weights, tmp_path, jsonschema, offline):
     """ci/verify_bundle.py of Project-MONAI/model-zoo, mode "full", step by step, on a copy of the bundle."""
     _, net = weights
-    state = net.state_dict() if checkpoint == "plain" else {"model": net.state_dict()}
-    bundle = _zoo_copy(bundle_root, tmp_path / "mri_gan_brain_tissue_segmentation", state)
+    bundle = _zoo_copy(bundle_root, tmp_path / "mri_gan_brain_tissue_segmentation", torch.load(weights[0]))
     # verify_bundle_directory: necessary and preferred files
     for name in ["configs/metadata.json", "LICENSE", "models/model.pt"]:
         assert (bundle / name).is_file(), name
@@ -287,7 +270,7 @@ def onnx_model(bundle_root, weights, tmp_path_factory):
         sys.executable, "-m", "monai.bundle", "onnx_export", "network_def",
         "--filepath", str(out), "--ckpt_file", str(ckpt), "--meta_file", "configs/metadata.json",
         "--config_file", "['configs/inference.yaml','configs/inference_onnx.yaml']",
-        "--key_in_ckpt", "model", "--input_shape", "[1, 2, 32, 32, 32]", "--use_trace", "True",
+        "--input_shape", "[1, 2, 32, 32, 32]", "--use_trace", "True",
         "--converter_kwargs", repr(converter_kwargs),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1", TMPDIR=str(tmp))

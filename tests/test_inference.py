@@ -20,7 +20,7 @@ def _oracle_checkpoint(path):
         conv.weight.zero_()
         conv.weight[:, 0, 0, 0, 0] = torch.tensor([2 * c for c in CENTRES])
         conv.bias.copy_(torch.tensor([-(c**2) for c in CENTRES]))
-    torch.save({"model": conv.state_dict()}, path)
+    torch.save(conv.state_dict(), path)
 
 
 def _lps_volume(folder):

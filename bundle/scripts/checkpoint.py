@@ -1,4 +1,4 @@
-"""Checkpoint helpers: the bundle's weights file ``{"model": state_dict}`` on the CPU, and resumable last checkpoints."""
+"""Checkpoint helpers: the bundle's weights files (plain state_dicts on the CPU) and resumable last checkpoints."""
 
 from __future__ import annotations
 
@@ -18,21 +18,25 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 class BundleWeights:
-    """A network's weights as the bundle's weights file: ``state_dict()`` gives ``{key: state_dict}`` on the CPU.
+    """A network's weights as a bundle weights file: ``state_dict()`` gives the state_dict on the CPU, or
+    ``{key: state_dict}`` when ``key`` is given.
 
     Tensors are moved to the CPU and lose any DDP ``module.`` prefix: a checkpoint written on a GPU, or by several
-    processes, loads anywhere, and MONAI's ``CheckpointLoader`` / MONAI Label read it with the key ``model``.
+    processes, loads anywhere. ``models/model.pt`` is a plain state_dict (``key=None``), the format the model zoo's
+    ``ckpt_export`` and MONAI Label expect and MONAI's ``CheckpointLoader`` reads.
     """
 
-    def __init__(self, module: nn.Module, key: str = "model"):
+    def __init__(self, module: nn.Module, key: str | None = None):
         self.module = module
         self.key = key
 
-    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {self.key: {k: v.detach().cpu() for k, v in unwrap(self.module).state_dict().items()}}
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: v.detach().cpu() for k, v in unwrap(self.module).state_dict().items()}
+        return state if self.key is None else {self.key: state}
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> Any:
-        return unwrap(self.module).load_state_dict(state_dict.get(self.key, state_dict), strict=strict)
+        state = state_dict if self.key is None else state_dict.get(self.key, state_dict)
+        return unwrap(self.module).load_state_dict(state, strict=strict)
 
 
 class LastCheckpoint:

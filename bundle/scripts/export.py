@@ -8,7 +8,7 @@ Export (from the bundle root; the checkpoint is ``{"model": state_dict}``)::
 
     python -m monai.bundle onnx_export network_def --filepath models/model.onnx --ckpt_file models/model.pt \\
         --meta_file configs/metadata.json --config_file "['configs/inference.yaml','configs/inference_onnx.yaml']" \\
-        --key_in_ckpt model --input_shape "[1, 2, 32, 32, 32]" --use_trace True \\
+        --input_shape "[1, 2, 32, 32, 32]" --use_trace True \\
         --converter_kwargs "{'input_names': ['image'], 'output_names': ['pred'], 'external_data': False, 'dynamic_axes':
             {'image': {0: 'batch', 2: 'x', 3: 'y', 4: 'z'}, 'pred': {0: 'batch', 2: 'x', 3: 'y', 4: 'z'}}}"
 """
