@@ -62,3 +62,88 @@ def test_best_checkpoint_saves_only_new_bests_and_keeps_the_old_file_on_failure(
         BestCheckpoint(Broken(), path)(engine)
     assert torch.equal(torch.load(path, weights_only=True)["weight"], saved["weight"])
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+def _iteration_output(label_values, predicted_values, fake_loss=None):
+    """A trainer output with a 1-D "volume": labels and the argmax D predicts (as one-hot logits)."""
+    label = torch.tensor(label_values).view(1, 1, -1, 1, 1)
+    pred = torch.nn.functional.one_hot(torch.tensor(predicted_values), 4).T.float().view(1, 4, -1, 1, 1)
+    out = {"label": label, "pred": pred}
+    if fake_loss is not None:
+        out["loss_d_fake"] = torch.tensor(fake_loss)
+    return out
+
+
+def _run_health(handler, outputs, caplog, engine=None, start=1):
+    engine = engine or Engine(lambda e, b: None)
+    messages = []
+    for iteration, out in enumerate(outputs, start=start):
+        engine.state.iteration, engine.state.output = iteration, out
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            handler(engine)
+        messages.append([r.getMessage() for r in caplog.records if r.name == "scripts.handlers"])
+    return engine, messages
+
+
+def test_discriminator_health_reports_a_tissue_given_up_and_its_recovery(caplog):
+    from scripts.handlers import DiscriminatorHealth
+
+    # 9 valid voxels (255 is ignored), 1 of them CSF: CSF's true share is 1/9 = 11.1%
+    label = [0, 0, 0, 0, 0, 1, 2, 2, 3, 255]
+    no_csf = [0, 0, 0, 0, 0, 0, 2, 2, 3, 1]  # CSF predicted only on the ignored voxel: 0.0%
+    half = [0, 0, 0, 0, 0, 1, 2, 2, 3, 1]
+    handler = DiscriminatorHealth(window=2, ratio=0.25)
+    engine, messages = _run_health(handler, [_iteration_output(label, p) for p in (no_csf, no_csf, half, half)], caplog)
+    assert messages[0] == []  # the window is not full yet
+    assert messages[1] == [
+        "discriminator collapse at iteration 2: it predicts CSF on 0.0% of the labelled voxels, 11.1% are CSF "
+        "(last 2 iterations); see 'Getting the GAN to train' in docs/README.md"
+    ]
+    # window (no_csf, half): predicted 1/18 = 5.6% >= 0.25 * 11.1% = 2.8%: recovered
+    assert messages[2] == ["CSF recovered at iteration 3: predicted on 5.6%"]
+    assert messages[3] == [] and engine.state.gan_health == {"collapsed": [], "fakes_rejected": False}
+
+
+def test_discriminator_health_reports_fakes_all_rejected(caplog):
+    from scripts.handlers import DiscriminatorHealth
+
+    label = [0, 1, 2, 3]
+    losses = [0.5, 0.004, 0.004, 0.004, 0.5]  # window means: 0.252, 0.004, 0.004, 0.252
+    handler = DiscriminatorHealth(window=2, fake_floor=0.01)
+    engine, messages = _run_health(handler, [_iteration_output(label, label, f) for f in losses[:4]], caplog)
+    assert messages[:2] == [[], []]
+    assert messages[2] == [
+        "the discriminator rejects every fake at iteration 3 (mean fake loss 0.0040 over 2 iterations): "
+        "the generator learns little; lower fake_weight"
+    ]
+    assert messages[3] == [] and engine.state.gan_health["fakes_rejected"]
+    _, messages = _run_health(handler, [_iteration_output(label, label, losses[4])], caplog, engine, start=5)
+    assert messages == [["fakes fool the discriminator again at iteration 5"]]
+    assert not engine.state.gan_health["fakes_rejected"]
+
+
+def test_checkpoints_never_save_non_finite_weights(tmp_path, caplog):
+    from scripts.checkpoint import BestCheckpoint, BundleWeights, LastCheckpoint, nonfinite_tensors
+
+    assert nonfinite_tensors({"a": torch.ones(2), "opt": {"state": {0: {"m": torch.tensor([1.0, float("inf")])}}}}) == [
+        "opt.state.0.m"
+    ]
+    net = torch.nn.Linear(2, 1)
+    best, last = tmp_path / "model.pt", tmp_path / "last.pt"
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch = engine.state.best_metric_epoch = 1
+    BestCheckpoint(BundleWeights(net), best)(engine)
+    LastCheckpoint({"network": net}, last)(engine)
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net.bias.fill_(float("nan"))
+    engine.state.epoch = engine.state.best_metric_epoch = 2
+    with caplog.at_level(logging.ERROR):
+        BestCheckpoint(BundleWeights(net), best)(engine)
+        LastCheckpoint({"network": net}, last)(engine)
+    assert torch.equal(torch.load(best, weights_only=True)["bias"], good["bias"])
+    assert torch.equal(torch.load(last, weights_only=False)["network"]["bias"], good["bias"])
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 2 and "non-finite values in bias" in errors[0]
+    assert "non-finite values in network.bias" in errors[1]

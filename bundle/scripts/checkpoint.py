@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,10 +13,32 @@ from torch import nn
 
 from .atomic import atomic_path
 
+logger = logging.getLogger(__name__)
+
 
 def unwrap(module: nn.Module) -> nn.Module:
     """Return the network inside a ``DistributedDataParallel``/``DataParallel`` wrapper, or the module itself."""
     return getattr(module, "module", module)
+
+
+def nonfinite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity in a (nested) state_dict."""
+    if isinstance(state, Mapping):
+        return [name for k, v in state.items() for name in nonfinite_tensors(v, f"{prefix}{k}.")]
+    if isinstance(state, torch.Tensor) and state.is_floating_point() and not torch.isfinite(state).all():
+        return [prefix.rstrip(".")]
+    return []
+
+
+def _save_if_finite(state: dict, path, what: str) -> bool:
+    """Write ``state`` to ``path`` atomically unless a tensor is non-finite; then log an error and keep the old file."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        logger.error(f"not saving {what} to {path}: non-finite values in {', '.join(bad[:3])}{' ...' * (len(bad) > 3)}")
+        return False
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return True
 
 
 class BundleWeights:
@@ -45,8 +69,8 @@ class LastCheckpoint:
     ``save_dict`` maps names to objects with ``state_dict()`` (networks, optimisers, schedulers; ``None`` values
     are skipped); networks are saved unwrapped from DDP, and the engine the handler is attached to is saved as
     ``trainer``. The file is written at the end of every epoch and every ``interval`` iterations (0: epochs only),
-    through a temporary file and a rename, so a run killed while saving keeps the previous checkpoint.
-    ``resume`` restores it.
+    through a temporary file and a rename, so a run killed while saving keeps the previous checkpoint. Weights with
+    NaN or infinity are not saved (an error is logged and the previous checkpoint stays). ``resume`` restores it.
     """
 
     def __init__(self, save_dict: dict[str, Any], path, interval: int = 0):
@@ -63,8 +87,7 @@ class LastCheckpoint:
             name: (unwrap(obj) if isinstance(obj, nn.Module) else obj).state_dict()
             for name, obj in {**self.save_dict, "trainer": engine}.items()
         }
-        with atomic_path(self.path) as tmp:
-            torch.save(state, tmp)
+        _save_if_finite(state, self.path, f"the last checkpoint of iteration {engine.state.iteration}")
 
 
 def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
@@ -91,6 +114,7 @@ class BestCheckpoint:
     MONAI workflows record the best key metric (``state.best_metric_epoch``) before user handlers run. The file is
     written to a temporary file and renamed over the previous one, so a run killed while saving keeps the previous
     best; MONAI's ``CheckpointSaver`` instead removes the old file first and writes the new one non-atomically.
+    Weights with NaN or infinity are never saved as the best: an error is logged and the previous best stays.
     """
 
     def __init__(self, obj: Any, path):
@@ -101,5 +125,4 @@ class BestCheckpoint:
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.best_metric_epoch == engine.state.epoch:
-            with atomic_path(self.path) as tmp:
-                torch.save(self.obj.state_dict(), tmp)
+            _save_if_finite(self.obj.state_dict(), self.path, f"the best weights of epoch {engine.state.epoch}")

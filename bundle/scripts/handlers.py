@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from torch.utils.tensorboard import SummaryWriter
@@ -98,3 +100,90 @@ class TissueCollapseWarning:
                 )
             elif value > best:
                 self.best[tissue] = (value, epoch)
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor without MONAI metadata (batches of MetaTensors cannot be masked)."""
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+class DiscriminatorHealth:
+    """Warn in the log when the GAN's discriminator collapses, from the trainer's outputs of every iteration.
+
+    Over the last ``window`` iterations it compares, on the labelled patches, the share of voxels D assigns to each
+    tissue with the tissue's true share, and warns when a tissue covering at least ``min_share`` of the voxels is
+    predicted on less than ``ratio`` of its true share (the collapse docs/README.md describes: D gives up the tissue
+    the fakes resemble). It also warns when D rejects the fakes almost perfectly (mean fake loss below
+    ``fake_floor``): the generator then learns little. A warning is logged when a state starts and an info line
+    when it ends; ``engine.state.gan_health`` holds the current ``{"collapsed": [tissues], "fakes_rejected": bool}``.
+    Voxels labelled ``ignore_label`` are left out. Attach to the trainer.
+    """
+
+    def __init__(
+        self,
+        tissues=("CSF", "GM", "WM"),
+        window: int = 50,
+        ratio: float = 0.25,
+        min_share: float = 0.01,
+        fake_floor: float = 0.01,
+        ignore_label: int = 255,
+    ):
+        self.tissues, self.window, self.ratio = tuple(tissues), int(window), float(ratio)
+        self.min_share, self.fake_floor, self.ignore_label = float(min_share), float(fake_floor), ignore_label
+        self.counts: deque = deque(maxlen=self.window)
+        self.fake_losses: deque = deque(maxlen=self.window)
+        self.collapsed: set[str] = set()
+        self.fakes_rejected = False
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        out = engine.state.output
+        out = out[0] if isinstance(out, list) else out
+        num_classes = len(self.tissues) + 1
+        label = _plain(out["label"]).long()
+        valid = label != self.ignore_label
+        predicted = _plain(out["pred"]).argmax(1, keepdim=True)[valid]
+        self.counts.append(
+            torch.stack([torch.bincount(t, minlength=num_classes)[:num_classes] for t in (predicted, label[valid])])
+            .cpu()
+            .double()
+        )
+        if "loss_d_fake" in out:
+            self.fake_losses.append(float(out["loss_d_fake"]))
+        if len(self.counts) == self.window:
+            self._check_tissues(engine)
+        if len(self.fake_losses) == self.window:
+            self._check_fakes(engine)
+        engine.state.gan_health = {"collapsed": sorted(self.collapsed), "fakes_rejected": self.fakes_rejected}
+
+    def _check_tissues(self, engine: Engine) -> None:
+        total = sum(self.counts)
+        shares = total / total[1].sum().clamp(min=1)
+        for k, tissue in enumerate(self.tissues, start=1):
+            predicted, true = float(shares[0, k]), float(shares[1, k])
+            collapsed = true >= self.min_share and predicted < self.ratio * true
+            if collapsed and tissue not in self.collapsed:
+                self.logger.warning(
+                    f"discriminator collapse at iteration {engine.state.iteration}: it predicts {tissue} on "
+                    f"{predicted:.1%} of the labelled voxels, {true:.1%} are {tissue} (last {self.window} iterations); "
+                    "see 'Getting the GAN to train' in docs/README.md"
+                )
+                self.collapsed.add(tissue)
+            elif not collapsed and tissue in self.collapsed:
+                self.logger.info(f"{tissue} recovered at iteration {engine.state.iteration}: predicted on {predicted:.1%}")
+                self.collapsed.discard(tissue)
+
+    def _check_fakes(self, engine: Engine) -> None:
+        mean = sum(self.fake_losses) / len(self.fake_losses)
+        rejected = mean < self.fake_floor
+        if rejected and not self.fakes_rejected:
+            self.logger.warning(
+                f"the discriminator rejects every fake at iteration {engine.state.iteration} (mean fake loss "
+                f"{mean:.4f} over {self.window} iterations): the generator learns little; lower fake_weight"
+            )
+        elif not rejected and self.fakes_rejected:
+            self.logger.info(f"fakes fool the discriminator again at iteration {engine.state.iteration}")
+        self.fakes_rejected = rejected
