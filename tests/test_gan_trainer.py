@@ -61,7 +61,7 @@ def test_one_epoch_updates_both_networks_and_logs_every_term(kind):
     d0, g0 = _params(net), _params(gen)
     trainer.run()
     assert _changed(d0, net) and _changed(g0, gen)
-    out = trainer.state.output
+    out = trainer.state.output[0]  # a one-item list, as MONAI's from_engine(keys, first=True) reads it
     assert {"loss_d_labelled", "loss_d_unlabelled", "loss_d_fake", "loss_g_feature_matching"} <= set(out)
     assert ("loss_g_boundary" in out) == (kind == "mri")
     assert out["fake"].shape == out["image"].shape
@@ -74,14 +74,14 @@ def test_supervised_mode_has_only_the_labelled_term():
     d0 = _params(net)
     trainer.run()
     assert _changed(d0, net)
-    terms = {k for k in trainer.state.output if k.startswith("loss_")}
+    terms = {k for k in trainer.state.output[0] if k.startswith("loss_")}
     assert terms == {"loss_d_labelled", "loss_d_total"}
 
 
 def test_warmup_trains_discriminator_on_labelled_patches_only():
     trainer, _, gen = _trainer("mri", warmup_iterations=1, max_epochs=1)
     seen = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(set(e.state.output)))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(set(e.state.output[0])))
     g0 = _params(gen)
     trainer.run()
     assert "loss_d_fake" not in seen[0] and "loss_d_unlabelled" not in seen[0]
@@ -101,13 +101,29 @@ def test_generator_step_leaves_discriminator_and_its_statistics_alone():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
-def test_non_finite_loss_skips_the_update_and_is_counted():
+def test_non_finite_loss_skips_the_update_and_is_counted(caplog):
     trainer, net, _ = _trainer("mri", max_nonfinite=5)
     trainer.d_loss_function.weights["labelled"] = float("nan")
     d0 = _params(net)
     trainer.run()
     assert not _changed(d0, net)
     assert trainer.state.nonfinite_steps == 2
+    assert "non-finite discriminator loss (total nan) at iteration 1" in caplog.text
+
+
+def test_non_finite_input_leaves_batch_norm_statistics_untouched():
+    """A NaN patch would write NaN into D's running statistics in the forward pass; the skipped step restores them."""
+    trainer, net, _ = _trainer(None, unlabeled=False, max_nonfinite=5)
+    batches = _batches(2)
+    batches[1]["image"][0, 0, 0, 0, 0] = float("nan")
+    trainer.set_data(batches)
+    stats = {}
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stats.setdefault(e.state.iteration, copy.deepcopy(net.state_dict())))
+    trainer.run()
+    assert trainer.state.nonfinite_steps == 1
+    running = [k for k in stats[1] if k.endswith("running_mean")]
+    assert running and all(torch.equal(stats[1][k], stats[2][k]) for k in running)  # iteration 2 (NaN) changed none
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values() if v.is_floating_point())
 
 
 def test_consecutive_non_finite_losses_stop_training():

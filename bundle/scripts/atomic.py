@@ -17,12 +17,14 @@ from pathlib import Path
 def atomic_path(path) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder (created if needed); on success rename it to ``path``.
 
-    On an error the temporary file is removed and ``path`` is left untouched.
+    On an error the temporary file is removed and ``path`` is left untouched. The file is readable by all
+    (``mkstemp`` makes it readable by its owner only), like the files the bundle writes without this helper.
     """
     path = Path(os.path.abspath(os.path.expanduser(path)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

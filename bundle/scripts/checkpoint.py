@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from ignite.handlers import Checkpoint
 from torch import nn
 
 from .atomic import atomic_path
+from .input_checks import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -95,15 +97,20 @@ def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
 
     The trainer then continues from the recorded epoch and iteration when it is run.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not Path(path).is_file():
+        raise MissingInputError(f"{path} not found: nothing to resume; train without --resume true first")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InputError(f"{path} cannot be read ({type(e).__name__}): the file is corrupt; train without --resume") from e
     objects = {k: (unwrap(v) if isinstance(v, nn.Module) else v) for k, v in save_dict.items() if v is not None}
     missing = sorted(set(objects) - set(checkpoint))
     if missing:
-        raise KeyError(f"{path}: the checkpoint has no {', '.join(missing)}; was it written by this configuration?")
+        raise InputError(f"{path}: the checkpoint has no {', '.join(missing)}; was it written by this configuration?")
     max_epochs = trainer.state.max_epochs
     Checkpoint.load_objects({**objects, "trainer": trainer}, checkpoint)
     if trainer.state.epoch > max_epochs:
-        raise ValueError(f"{path} is at epoch {trainer.state.epoch}, beyond --epochs {max_epochs}")
+        raise InputError(f"{path} is at epoch {trainer.state.epoch}, beyond --epochs {max_epochs}")
     trainer.state.max_epochs = max_epochs  # the configured length, not the stopped run's
     return trainer.state.iteration
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_json
+from .input_checks import InputError, MissingInputError
 
 IGNORE_LABEL = 255
 FORMATS = ("iseg", "mrbrains13", "mrbrains18", "datalist", "folder", "phantom")
@@ -80,7 +81,7 @@ def find_subjects(dataset_dir, dataset_format: str, modalities, suffixes: dict |
     else:
         subjects = _find_folder(root, modalities, suffixes)
     if not subjects:
-        raise ValueError(f"No {fmt} subjects found in {root}: expected {_expected_pattern(fmt, modalities, suffixes)}")
+        raise InputError(f"No {fmt} subjects found in {root}: expected {_expected_pattern(fmt, modalities, suffixes)}")
     return sorted(subjects, key=_subject_key)
 
 
@@ -96,7 +97,7 @@ def split_subjects(
     label (the few-shot setting). Subjects without a ``label`` go to unlabeled. Lists are sorted by subject id.
     """
     if num_val < 0 or (num_test is not None and num_test < 0):
-        raise ValueError(f"num_val and num_test must be >= 0, got {num_val} and {num_test}")
+        raise InputError(f"num_val and num_test must be >= 0, got {num_val} and {num_test}")
     labeled = sorted((dict(s) for s in subjects if "label" in s), key=_subject_key)
     unlabeled = [dict(s) for s in subjects if "label" not in s]
     all_rest = num_labeled is None or num_labeled < 0
@@ -106,7 +107,7 @@ def split_subjects(
         wanted = f"{num_val} validation" + ("" if all_rest else f" + {num_labeled} training") + (
             f" + {n_test} testing" if n_test else ""
         )
-        raise ValueError(
+        raise InputError(
             f"need {wanted} = {needed} labelled subjects, but only {len(labeled)} of {len(subjects)} have a label"
         )
     order = np.random.default_rng(seed).permutation(len(labeled))
@@ -161,7 +162,7 @@ def build_datalist(
             subjects = find_subjects(dataset_dir, fmt, modalities, suffixes)
             split = split_subjects(subjects, num_labeled, num_val, seed, num_test)
     except ValueError as e:
-        raise ValueError(f"{dataset_dir} ({fmt}): {e}") from None
+        raise (type(e) if isinstance(e, InputError) else InputError)(f"{dataset_dir} ({fmt}): {e}") from None
     if split_file is not None:
         write_json(split_file, split)
     return split
@@ -175,17 +176,19 @@ def load_datalist(path, modalities) -> dict:
     """
     path = Path(os.path.abspath(os.path.expanduser(path)))
     if not path.is_file():
-        raise FileNotFoundError(f"Datalist JSON not found: {path}")
+        raise MissingInputError(f"Datalist JSON not found: {path}")
     modalities = _as_tuple(modalities)
-    with open(path) as f:
-        data = json.load(f)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e}): fix the datalist file") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with lists {SPLITS}")
+        raise InputError(f"{path}: expected a JSON object with lists {SPLITS}")
     out = {}
     for name in SPLITS:
         entries = data.get(name) or []
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise ValueError(f"{path}: '{name}' must be a list of objects")
+            raise InputError(f"{path}: '{name}' must be a list of objects")
         out[name] = [_resolve_entry(e, modalities, path, name, i) for i, e in enumerate(entries)]
     return out
 
@@ -196,7 +199,7 @@ def load_datalist(path, modalities) -> dict:
 
 def _check_format(dataset_format: str) -> str:
     if dataset_format not in FORMATS:
-        raise ValueError(f"Unknown dataset format {dataset_format!r}; valid formats: {', '.join(FORMATS)}")
+        raise InputError(f"Unknown dataset format {dataset_format!r}; valid formats: {', '.join(FORMATS)}")
     return dataset_format
 
 
@@ -207,14 +210,14 @@ def _as_tuple(modalities) -> tuple[str, ...]:
 def _check_modalities(fmt: str, modalities) -> tuple[str, ...]:
     modalities = _as_tuple(modalities)
     if not modalities:
-        raise ValueError("At least one modality is required")
+        raise InputError("At least one modality is required")
     valid = modality_names(fmt)
     bad = [m for m in modalities if (m not in valid if valid else m in _RESERVED_KEYS)]
     if bad:
         names = f"valid names: {', '.join(valid)}" if valid else f"{', '.join(_RESERVED_KEYS)} are reserved keys"
-        raise ValueError(f"Modalities {bad} not available in format {fmt!r} ({names})")
+        raise InputError(f"Modalities {bad} not available in format {fmt!r} ({names})")
     if len(set(modalities)) != len(modalities):
-        raise ValueError(f"Duplicate modalities in {list(modalities)}")
+        raise InputError(f"Duplicate modalities in {list(modalities)}")
     return modalities
 
 
@@ -226,7 +229,7 @@ def _subject_key(entry: dict) -> list:
 def _existing_dir(dataset_dir) -> Path:
     root = Path(os.path.abspath(os.path.expanduser(dataset_dir)))
     if not root.is_dir():
-        raise FileNotFoundError(f"Dataset folder not found: {root}")
+        raise MissingInputError(f"Dataset folder not found: {root}")
     return root
 
 
@@ -240,7 +243,7 @@ def _walk(root: Path):
 def _add_file(subjects: dict, subject: str, key: str, path: Path) -> None:
     entry = subjects.setdefault(subject, {"subject": subject})
     if key in entry:
-        raise ValueError(f"Subject {subject} has two {key} files: {entry[key]} and {path}")
+        raise InputError(f"Subject {subject} has two {key} files: {entry[key]} and {path}")
     entry[key] = str(path)
 
 
@@ -250,7 +253,7 @@ def _complete(subjects: dict, modalities: tuple[str, ...], expected) -> list[dic
     for sid, entry in subjects.items():
         missing = [m for m in modalities if m not in entry]
         if missing:
-            raise ValueError(f"Subject {sid} is missing {missing[0]}: expected {expected(sid, missing[0])}")
+            raise InputError(f"Subject {sid} is missing {missing[0]}: expected {expected(sid, missing[0])}")
         keys = ("subject", *modalities, "label")
         out.append({k: entry[k] for k in keys if k in entry})
     return out
@@ -271,7 +274,7 @@ def _find_iseg(root: Path, modalities: tuple[str, ...]) -> list[dict]:
                 continue
             path = folder / name
             if match.group(3).lower() == "hdr" and not any(path.with_suffix(s).is_file() for s in (".img", ".IMG")):
-                raise ValueError(f"Analyze header {path} has no {path.with_suffix('.img').name} beside it")
+                raise InputError(f"Analyze header {path} has no {path.with_suffix('.img').name} beside it")
             _add_file(subjects, sid, wanted[key], path)
     return _complete(
         subjects, modalities, lambda sid, m: f"{folders[sid] / f'{sid}-{_ISEG_NAMES[m]}.hdr'} (or .nii, .nii.gz)"
@@ -314,7 +317,7 @@ def _folder_suffixes(modalities: tuple[str, ...], suffixes: dict | None) -> dict
         return {**{m: f"_{m.upper()}.nii.gz" for m in modalities}, "label": "_label.nii.gz"}
     missing = [m for m in modalities if m not in suffixes]
     if missing:
-        raise ValueError(f"suffixes {dict(suffixes)} have no entry for modalities {missing}")
+        raise InputError(f"suffixes {dict(suffixes)} have no entry for modalities {missing}")
     return {k: suffixes[k] for k in (*modalities, "label") if suffixes.get(k)}
 
 
@@ -351,7 +354,7 @@ def _resolve_entry(entry: dict, modalities: tuple[str, ...], path: Path, name: s
     missing = [m for m in modalities if m not in entry]
     if missing:
         who = entry.get("subject", f"entry {index}")
-        raise ValueError(f"{path}: '{name}' {who} has no {missing[0]!r} (keys: {sorted(entry)})")
+        raise InputError(f"{path}: '{name}' {who} has no {missing[0]!r} (keys: {sorted(entry)})")
     out = dict(entry)
     for key in (*modalities, "label"):
         if key in out:
@@ -369,7 +372,7 @@ def _resolve_entry(entry: dict, modalities: tuple[str, ...], path: Path, name: s
 def _resolve_path(value: str, path: Path, name: str) -> str:
     resolved = os.path.normpath(os.path.join(path.parent, os.path.expanduser(value)))
     if not os.path.exists(resolved):
-        raise FileNotFoundError(f"{path}: '{name}' lists {value}, which does not exist ({resolved})")
+        raise MissingInputError(f"{path}: '{name}' lists {value}, which does not exist ({resolved})")
     return resolved
 
 
@@ -380,10 +383,10 @@ def _split_datalist(
     if lists["validation"]:
         for name in ("training", "validation"):
             if any("label" not in e for e in lists[name]):
-                raise ValueError(f"{path}: every '{name}' entry needs a 'label'")
+                raise InputError(f"{path}: every '{name}' entry needs a 'label'")
         if num_labeled is not None and num_labeled >= 0:
             if num_labeled > len(lists["training"]):
-                raise ValueError(f"need {num_labeled} training subjects, {path} lists {len(lists['training'])}")
+                raise InputError(f"need {num_labeled} training subjects, {path} lists {len(lists['training'])}")
             lists["training"] = lists["training"][:num_labeled]
         return lists
     split = split_subjects(lists["training"], num_labeled, num_val, seed, num_test)

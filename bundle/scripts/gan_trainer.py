@@ -53,13 +53,17 @@ class SemiSupervisedGanTrainer(Trainer):
     class D already predicts, so grey matter never emerges, and the fake term pushes down the class that the
     contrast-less early fakes resemble on real data too (measurements in docs/README.md).
 
-    A non-finite loss skips that step's update and is counted in ``engine.state.nonfinite_steps``; ``max_nonfinite``
-    consecutive ones stop training with an error. ``engine.state.output`` holds the images, labels, fakes, the
-    labelled logits (``pred``), ``loss`` (the discriminator total) and every loss term as ``loss_d_*``/``loss_g_*``.
+    A non-finite loss skips that step's update (D's batch-norm statistics included) and is counted in
+    ``engine.state.nonfinite_steps``, with the non-finite terms in the log; ``max_nonfinite``
+    consecutive ones stop training with an error. ``engine.state.output`` is a one-item list, the form MONAI's
+    handlers read with ``from_engine(keys, first=True)`` (e.g. ``--tracking mlflow``); its dict holds the batch's
+    images, labels, fakes, the labelled logits (``pred``), ``loss`` (the discriminator total) and every loss term as
+    ``loss_d_*``/``loss_g_*``.
 
     Args:
         network: the segmenter, D. Its ``forward_features`` gives the features for feature matching.
         generator: ``MRIGANGenerator``, ``StandardGANGenerator`` or ``None`` (supervised).
+            Both networks may be wrapped in ``DistributedDataParallel`` (configs/multi_gpu_train.yaml).
         d_optimizer / g_optimizer: optimisers of D and G.
         d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``.
         feature_layer: key of ``forward_features`` matched by the generator (``"last"`` or ``"bottleneck"``).
@@ -119,13 +123,16 @@ class SemiSupervisedGanTrainer(Trainer):
         self._unlabeled_iter: Iterator | None = None
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
         self.warmup_iterations = int(warmup_iterations)
-        self.d_scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        self.g_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        # bfloat16 where the GPU has it (float32's range: no overflow, no loss scaling), else float16 with scalers
+        self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        scale = amp and self.amp_dtype == torch.float16
+        self.d_scaler = torch.amp.GradScaler("cuda", enabled=scale)
+        self.g_scaler = torch.amp.GradScaler("cuda", enabled=scale)
         self.state.nonfinite_steps = 0
         self._consecutive_nonfinite = 0
 
     def _autocast(self):
-        return torch.autocast("cuda") if self.amp else nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
 
     def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> torch.Tensor:
         """Next unlabelled image batch, restarting the loader whenever it is exhausted."""
@@ -147,12 +154,14 @@ class SemiSupervisedGanTrainer(Trainer):
         noise = torch.randn(image.shape[0], g.noise_dim, device=image.device)
         return self.generator(noise), None
 
-    def _finite(self, engine: SemiSupervisedGanTrainer, loss: torch.Tensor, which: str) -> bool:
-        if torch.isfinite(loss):
+    def _finite(self, engine: SemiSupervisedGanTrainer, terms: dict[str, torch.Tensor], which: str) -> bool:
+        if torch.isfinite(terms["total"]):
             return True
         engine.state.nonfinite_steps += 1
+        bad = [f"{k} {v.item()}" for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
+        bad = ", ".join(bad) or f"total {terms['total'].item()}"
         logger.warning(
-            f"non-finite {which} loss ({loss.item()}) at iteration {engine.state.iteration}: update skipped "
+            f"non-finite {which} loss ({bad}) at iteration {engine.state.iteration}: update skipped "
             f"({engine.state.nonfinite_steps} skipped so far)"
         )
         return False
@@ -162,7 +171,7 @@ class SemiSupervisedGanTrainer(Trainer):
         scaler.step(optimizer)
         scaler.update()
 
-    def _iteration(self, engine: SemiSupervisedGanTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+    def _iteration(self, engine: SemiSupervisedGanTrainer, batchdata: dict[str, torch.Tensor]) -> list[dict]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
@@ -181,7 +190,8 @@ class SemiSupervisedGanTrainer(Trainer):
         parts = [t for t in (image, unlabeled_d, fake_d) if t is not None]
         sizes = [t.shape[0] for t in parts]
 
-        # discriminator step: labelled + unlabelled + (detached) fakes
+        # discriminator step: labelled + unlabelled + (detached) fakes; batch-norm statistics are restored if skipped
+        buffers = [(b, b.clone()) for b in unwrap(self.network).buffers()]
         self.d_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.network(torch.cat(parts))
@@ -190,9 +200,12 @@ class SemiSupervisedGanTrainer(Trainer):
                 split[0], label, split[1] if unlabeled_d is not None else None, split[-1] if fake_d is not None else None
             )
         output[Keys.PRED] = split[0].detach()
-        d_ok = self._finite(engine, d_terms["total"], "discriminator")
+        d_ok = self._finite(engine, d_terms, "discriminator")
         if d_ok:
             self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
+        else:
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
         output[Keys.LOSS] = d_terms["total"].detach()
         output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
 
@@ -206,18 +219,21 @@ class SemiSupervisedGanTrainer(Trainer):
                 f"training diverged: {self._consecutive_nonfinite} consecutive iterations with a non-finite loss "
                 f"(iteration {engine.state.iteration}); lower the learning rates or turn AMP off"
             )
-        engine.state.output = output
-        return output
+        engine.state.output = [output]
+        return [output]
 
     def _generator_step(self, engine, output, image, label, unlabeled, fake, boundary_logits) -> bool:
         """Update G against the frozen D; class-wise matching (conditional G) uses the labelled patches' maps."""
         class_wise = unwrap(self.generator).conditional
         real = image if class_wise or unlabeled is None else torch.cat([image, unlabeled])
         self.g_optimizer.zero_grad(set_to_none=True)
+        # the frozen D gets no gradients, so it runs outside its DDP wrapper, which only exposes ``forward``;
+        # G's gradients flow through it into G's own wrapper, which averages them across processes
+        discriminator = unwrap(self.network)
         with frozen(self.network), self._autocast():
             with torch.no_grad():
-                real_features = self.network.forward_features(real)[1][self.feature_layer]
-            fake_logits, fake_features = self.network.forward_features(fake)
+                real_features = discriminator.forward_features(real)[1][self.feature_layer]
+            fake_logits, fake_features = discriminator.forward_features(fake)
             reconstruction = None
             if class_wise and self.g_loss_function.weights.get("reconstruction"):
                 reconstruction = self.generator(image, tissue_onehot(label, self.num_classes))[0]
@@ -225,7 +241,7 @@ class SemiSupervisedGanTrainer(Trainer):
                 real_features, fake_features[self.feature_layer], fake_logits, label=label if class_wise else None,
                 boundary_logits=boundary_logits, reconstruction=reconstruction, source=image,
             )  # fmt: skip
-        ok = self._finite(engine, g_terms["total"], "generator")
+        ok = self._finite(engine, g_terms, "generator")
         if ok:
             self._step(g_terms["total"], self.g_optimizer, self.g_scaler)
         output.update({f"loss_g_{k}": v.detach() for k, v in g_terms.items()})

@@ -56,6 +56,7 @@ class GanImageHandler:
 
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
+        out = out[0] if isinstance(out, list) else out
         panels = {"real": (out["image"][0, 0] + 1) / 2, "label": out["label"][0, 0].float() / (self.num_classes - 1)}
         if "fake" in out:
             panels["fake"] = (out["fake"][0, 0] + 1) / 2

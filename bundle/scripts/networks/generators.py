@@ -37,10 +37,12 @@ class GTLayer(nn.Module):
 
     def forward(self, h: Tensor, code: Tensor) -> Tensor:
         dims = tuple(range(2, h.ndim))
-        mu = h.mean(dim=dims, keepdim=True)
-        sigma = torch.sqrt(h.var(dim=dims, unbiased=False, keepdim=True) + self.eps)
+        h32 = h.float()  # statistics in float32: under float16 autocast the variance of large activations overflows
+        mu = h32.mean(dim=dims, keepdim=True)
+        sigma = torch.sqrt(h32.var(dim=dims, unbiased=False, keepdim=True) + self.eps)
         extra = (None,) * len(dims)
-        return self.r_sigma(code)[(..., *extra)] * (h - mu) / sigma + self.r_mu(code)[(..., *extra)]
+        out = self.r_sigma(code)[(..., *extra)] * (h32 - mu) / sigma + self.r_mu(code)[(..., *extra)]
+        return out.to(h.dtype)
 
 
 def tissue_onehot(label: Tensor, num_classes: int = 4) -> Tensor:

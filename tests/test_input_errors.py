@@ -1,0 +1,371 @@
+"""Bad input gets a one-line error naming the file and the problem, before any long work starts (issue 5).
+
+Unit tests of ``scripts.input_checks`` on tiny files, and end-to-end runs of the user's commands asserting that
+stderr ends with one ``ERROR: ...`` line, holds no traceback, and that the traceback is in the error log.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts import datasets as ds
+from scripts.input_checks import (
+    CheckedCheckpointLoader,
+    InputError,
+    MissingInputError,
+    check_datalist,
+    check_weights,
+    find_input_error,
+)
+from scripts.networks import Segmenter
+
+MODS = ["t1", "t2"]
+ISEG = ds.label_mapping("iseg")[0]
+SHAPE = (16, 16, 16)
+
+
+def _save(path, data, affine=None, analyze=False):
+    image_class = nib.AnalyzeImage if analyze else nib.Nifti1Image
+    nib.save(image_class(np.asarray(data), np.eye(4) if affine is None else affine), str(path))
+    return str(path)
+
+
+def _tissues():
+    """A 16^3 label map in iSEG codes: background, CSF shell, GM, WM core."""
+    label = np.zeros(SHAPE, np.uint8)
+    label[2:14, 2:14, 2:14] = 10
+    label[4:12, 4:12, 4:12] = 150
+    label[6:10, 6:10, 6:10] = 250
+    return label
+
+
+def _subject(folder, name="s1", **replace):
+    """Files ``<name>_T1/_T2/_label.nii.gz`` of one valid subject (``replace``: key -> (data, affine) to write
+    instead); returns its datalist entry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    label = _tissues()
+    files = {"t1": label.astype(np.float32), "t2": (255 - label).astype(np.float32) * (label > 0), "label": label}
+    entry = {"subject": name}
+    for key, data in files.items():
+        data, affine = replace.get(key, (data, None))
+        entry[key] = _save(folder / f"{name}_{key.upper() if key != 'label' else key}.nii.gz", data, affine)
+    return entry
+
+
+def _check(entries, codes=ISEG):
+    check_datalist(entries, MODS, label_codes=codes, label_set_name="iseg", num_workers=2)
+
+
+def _error(entries, codes=ISEG) -> str:
+    with pytest.raises(InputError) as error:
+        _check(entries, codes)
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------- valid inputs
+
+
+def test_valid_inputs_pass(tmp_path):
+    """No false alarms: a valid subject, float noise in the affine, a 4D 'image' with one channel per modality,
+    a 4D modality file holding one volume; a bad label is ignored without label codes (inference)."""
+    noisy = np.eye(4)
+    noisy[:3, 3] = 1e-5
+    good = _subject(tmp_path, "a", t2=((255 - _tissues()).astype(np.float32), noisy))
+    image = {"subject": "b", "image": _save(tmp_path / "b.nii.gz", np.stack([_tissues()] * 2, -1).astype(np.float32))}
+    one_volume = _subject(tmp_path, "c", t1=(_tissues()[..., None].astype(np.float32), None))
+    _check([good, image, one_volume])
+    bad_label = _subject(tmp_path, "d", label=(np.full(SHAPE, 11, np.uint8), None))
+    _check([bad_label], codes=None)
+    with pytest.raises(InputError):
+        _check([bad_label])
+
+
+# ---------------------------------------------------------------------------------------------- dataset folders
+
+
+def test_missing_dataset_folder(tmp_path):
+    with pytest.raises(MissingInputError) as error:
+        ds.find_subjects(tmp_path / "nowhere", "iseg", MODS)
+    assert str(error.value) == f"Dataset folder not found: {tmp_path / 'nowhere'}"
+    assert isinstance(error.value, FileNotFoundError)  # existing callers catch FileNotFoundError
+    with pytest.raises(MissingInputError, match="nowhere"):  # build_datalist keeps the class
+        ds.build_datalist(tmp_path / "nowhere", "iseg", MODS, -1, 0)
+
+
+def test_folder_without_subjects(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"No iseg subjects found in .*empty: expected files subject-<N>-T1.hdr"):
+        ds.find_subjects(tmp_path / "empty", "iseg", MODS)
+
+
+def test_missing_modality(tmp_path):
+    _save(tmp_path / "subject-1-T1.hdr", _tissues().astype(np.int16), analyze=True)
+    with pytest.raises(InputError, match=r"subject-1 is missing t2: expected .*subject-1-T2.hdr"):
+        ds.find_subjects(tmp_path, "iseg", MODS)
+    entry = _subject(tmp_path, "s1")
+    del entry["t2"]
+    assert "subject s1 has no t2 image" in _error([entry])
+
+
+# ---------------------------------------------------------------------------------------------- one grid
+
+
+def test_shape_mismatch(tmp_path):
+    entry = _subject(tmp_path, t2=(np.ones((16, 16, 20), np.float32), None))
+    message = _error([entry])
+    assert message.startswith(f"subject s1: {entry['t2']} has shape (16, 16, 20) but {entry['t1']} has (16, 16, 16)")
+    assert "co-registered and resampled to one voxel grid" in message
+
+
+def test_affine_mismatch(tmp_path):
+    shifted = np.eye(4)
+    shifted[:3, 3] = [2.0, 0.0, 0.0]
+    entry = _subject(tmp_path, label=(_tissues(), shifted))
+    message = _error([entry])
+    assert f"{entry['label']} has another affine than {entry['t1']} (up to 2 mm apart)" in message
+
+
+# ---------------------------------------------------------------------------------------------- unreadable files
+
+
+def test_truncated_nifti(tmp_path):
+    entry = _subject(tmp_path)
+    data = open(entry["t2"], "rb").read()
+    open(entry["t2"], "wb").write(data[: len(data) // 2])
+    message = _error([entry])
+    assert message.startswith(f"{entry['t2']} cannot be read (EOFError: Compressed file ended")
+    assert "truncated or corrupt" in message
+
+
+@pytest.mark.parametrize("damage", ["truncated image", "garbage header"])
+def test_corrupt_analyze(tmp_path, damage):
+    entry = _subject(tmp_path)
+    entry["t1"] = _save(tmp_path / "subject-1-T1.hdr", _tissues().astype(np.int16), analyze=True)
+    if damage == "truncated image":
+        (tmp_path / "subject-1-T1.img").write_bytes((tmp_path / "subject-1-T1.img").read_bytes()[:1000])
+        reason = f"OSError: Expected 8192 bytes, got 1000 bytes from {tmp_path / 'subject-1-T1.img'}"
+    else:
+        (tmp_path / "subject-1-T1.hdr").write_bytes(b"not a header" * 10)
+        reason = "ImageFileError: Cannot work out file type"
+    assert _error([entry]).startswith(f"{entry['t1']} cannot be read ({reason}")
+
+
+# ---------------------------------------------------------------------------------------------- dimensions
+
+
+def test_2d_image(tmp_path):
+    entry = _subject(tmp_path, t1=(np.ones((16, 16), np.float32), None))
+    assert _error([entry]) == f"{entry['t1']} is a 2D image (shape (16, 16)): a 3D volume is needed"
+
+
+def test_4d_image_with_wrong_channel_count(tmp_path):
+    image = _save(tmp_path / "three.nii.gz", np.stack([_tissues()] * 3, -1).astype(np.float32))
+    message = _error([{"subject": "x", "image": image}])
+    assert message.startswith(f"{image} has 3 channels (shape (16, 16, 16, 3)) but the 2 modalities need 2")
+    entry = _subject(tmp_path, t2=(np.stack([_tissues()] * 2, -1).astype(np.float32), None))
+    expected = f"{entry['t2']} holds 2 volumes (shape (16, 16, 16, 2)): each image file must hold one 3D volume"
+    assert _error([entry]) == expected
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def test_label_value_outside_the_format(tmp_path):
+    label = _tissues()
+    label[0, 0, :3] = 11
+    entry = _subject(tmp_path, label=(label, None))
+    assert _error([entry]).startswith(
+        f"{entry['label']} has label values [11] outside the iseg set [0, 10, 150, 250]: check --dataset_format"
+    )
+
+
+@pytest.mark.parametrize("value, counts", [(np.nan, "3 NaN and 0 infinite"), (np.inf, "0 NaN and 3 infinite")])
+def test_nan_and_infinite_voxels(tmp_path, value, counts):
+    t1 = _tissues().astype(np.float32)
+    t1[5, 5, 5:8] = value
+    entry = _subject(tmp_path, t1=(t1, None))
+    assert _error([entry]).startswith(f"{entry['t1']} has {counts} voxels: replace them")
+
+
+def test_empty_volume(tmp_path):
+    entry = _subject(tmp_path, "s1")
+    empty = _subject(tmp_path, "s2", t2=(np.zeros(SHAPE, np.float32), None))
+    assert _error([entry, empty]).startswith(f"{empty['t2']} is empty (all voxels are 0)")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _tiny(features=(4, 8, 16, 32), in_channels=2):
+    return Segmenter(in_channels, 4, features=features)
+
+
+def test_checkpoint_formats_load(tmp_path):
+    """A plain state_dict (models/model.pt) and the older {"model": state_dict} both load."""
+    source = _tiny()
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    torch.save({"model": source.state_dict()}, tmp_path / "wrapped.pt")
+    for name in ("plain.pt", "wrapped.pt"):
+        state = check_weights(tmp_path / name, _tiny())
+        assert all(torch.equal(state[k], v) for k, v in source.state_dict().items())
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    torch.save(_tiny(features=(4, 8, 16, 32)).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(InputError) as error:
+        check_weights(tmp_path / "small.pt", _tiny(features=(8, 16, 32, 64)))
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'small.pt'} does not fit the network (0 missing, 0 unexpected")
+    assert "was it trained with other network_features, modalities or num_classes?" in message
+    torch.save(torch.nn.Conv3d(2, 4, 1).state_dict(), tmp_path / "conv.pt")
+    with pytest.raises(InputError, match=r"conv.pt does not fit the network \(\d+ missing, 2 unexpected"):
+        CheckedCheckpointLoader(str(tmp_path / "conv.pt"), {"model": _tiny()})  # the configs' handler
+
+
+def test_checkpoint_with_missing_keys(tmp_path):
+    state = _tiny().state_dict()
+    removed = next(iter(state))
+    del state[removed]
+    torch.save(state, tmp_path / "partial.pt")
+    with pytest.raises(InputError, match=rf"\(1 missing, 0 unexpected, 0 resized tensors, e.g. {removed} is missing\)"):
+        check_weights(tmp_path / "partial.pt", _tiny())
+
+
+def test_checkpoint_missing_corrupt_or_not_weights(tmp_path):
+    with pytest.raises(MissingInputError, match=r"checkpoint .*none.pt not found: train first"):
+        check_weights(tmp_path / "none.pt", _tiny())
+    (tmp_path / "junk.pt").write_bytes(b"\x00junk" * 50)
+    with pytest.raises(InputError, match=r"junk.pt cannot be read \(\w+Error: [^()]*\): the file is truncated or not"):
+        check_weights(tmp_path / "junk.pt", _tiny())
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match=r"other.pt is not a network's weights: .*found keys \['epoch', 'lr'\]"):
+        check_weights(tmp_path / "other.pt", _tiny())
+
+
+def test_existing_output_and_output_in_the_input_folder(tmp_path):
+    from scripts.outputs import check_outputs
+
+    entry = _subject(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s1_seg.nii.gz").write_bytes(b"x")
+    with pytest.raises(FileExistsError) as err:
+        check_outputs([entry], tmp_path / "out", ["seg"], ".nii.gz")
+    assert isinstance(err.value, InputError) and str(err.value).startswith(f"{tmp_path / 'out' / 's1_seg.nii.gz'} already exists")
+    with pytest.raises(InputError, match="holds input files"):
+        check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz", overwrite=True)
+
+
+def test_datalist_json_that_is_not_json(tmp_path):
+    path = tmp_path / "datalist.json"
+    path.write_text('{"training": [')
+    with pytest.raises(InputError, match=re.escape(f"{path} is not valid JSON")):
+        ds.load_datalist(path, MODS)
+
+
+def test_resume_without_or_with_a_corrupt_last_checkpoint(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.checkpoint import resume
+
+    trainer = Engine(lambda e, b: None)
+    with pytest.raises(MissingInputError, match="nothing to resume"):
+        resume(trainer, {}, tmp_path / "last.pt")
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="last.pt cannot be read .*: the file is corrupt"):
+        resume(trainer, {}, tmp_path / "last.pt")
+    torch.save({"trainer": {}}, tmp_path / "last.pt")
+    with pytest.raises(InputError, match="the checkpoint has no network"):
+        resume(trainer, {"network": torch.nn.Linear(1, 1)}, tmp_path / "last.pt")
+
+
+def test_input_error_found_in_the_chain():
+    """MONAI's config parser wraps errors in RuntimeError("Failed to evaluate ..."): the hook looks through it."""
+    try:
+        try:
+            raise InputError("bad.nii.gz is empty\n(all voxels are 0)")
+        except InputError as e:
+            raise RuntimeError("Failed to evaluate") from e
+    except RuntimeError as wrapped:
+        assert str(find_input_error(wrapped)) == "bad.nii.gz is empty (all voxels are 0)"
+    assert find_input_error(RuntimeError("other")) is None
+
+
+# ---------------------------------------------------------------------------------------------- user's commands
+
+
+def _bundle_fails(bundle_root, *args) -> list[str]:
+    """Run ``python -m monai.bundle run ...``; assert it fails with one ERROR line and no traceback; return the
+    lines of stderr."""
+    env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=bundle_root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and lines, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith("ERROR: ") and sum(line.startswith("ERROR: ") for line in lines) == 1
+    return lines
+
+
+def test_inference_with_checkpoint_of_another_architecture(bundle_root, tmp_path):
+    _subject(tmp_path / "data", "case01")
+    torch.save(_tiny().state_dict(), tmp_path / "small.pt")
+    out = tmp_path / "out"
+    lines = _bundle_fails(
+        bundle_root, "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(tmp_path / "data"),
+        "--dataset_format", "folder", "--output_dir", str(out), "--ckpt_path", str(tmp_path / "small.pt"),
+    )  # fmt: skip
+    assert re.fullmatch(
+        rf"ERROR: checkpoint {re.escape(str(tmp_path / 'small.pt'))} does not fit the network \(0 missing, 0 "
+        r"unexpected, \d+ resized tensors, e.g. \S+ is \(4, 2, 3, 3, 3\), not \(16, 2, 3, 3, 3\)\): was it trained "
+        r"with other network_features, modalities or num_classes\? "
+        rf"\(full traceback: {re.escape(str(out / 'error.log'))}\)",
+        lines[-1],
+    ), lines[-1]
+    log = (out / "error.log").read_text()
+    assert "Traceback" in log and "scripts.input_checks.InputError: checkpoint" in log  # and MONAI's wrapping error
+    assert "RuntimeError: Failed to instantiate component 'scripts.input_checks.CheckedCheckpointLoader'" in log
+    assert not list(out.glob("*.nii.gz"))
+
+
+def test_training_with_label_value_outside_the_format(bundle_root, tmp_path):
+    data = tmp_path / "iseg"
+    data.mkdir()
+    for n in (1, 2):
+        label = _tissues()
+        label[8, 8, 8] = 11 if n == 2 else 250
+        images = {"T1": label.astype(np.int16), "T2": (255 - label).astype(np.int16), "label": label}
+        for name, values in images.items():
+            _save(data / f"subject-{n}-{name}.hdr", values, analyze=True)
+    lines = _bundle_fails(
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(data),
+        "--dataset_format", "iseg", "--num_labeled", "1", "--num_val", "1", "--output_dir", str(tmp_path / "runs"),
+        "--ckpt_dir", str(tmp_path / "models"), "--num_workers", "0",
+    )  # fmt: skip
+    assert lines[-1] == (
+        f"ERROR: {data / 'subject-2-label.hdr'} has label values [11] outside the iseg set [0, 10, 150, 250]: check "
+        f"--dataset_format and the label file (full traceback: {tmp_path / 'runs' / 'error.log'})"
+    )
+    assert "Traceback" in (tmp_path / "runs" / "error.log").read_text()
+    assert not (tmp_path / "models").exists()  # stopped before any training
+
+
+def test_inference_with_missing_dataset_folder(bundle_root, tmp_path):
+    """An error of scripts.datasets, raised while MONAI evaluates the config, reaches the user as one line."""
+    torch.save(_tiny().state_dict(), tmp_path / "small.pt")
+    lines = _bundle_fails(
+        bundle_root, "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(tmp_path / "nowhere"),
+        "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(tmp_path / "small.pt"),
+    )  # fmt: skip
+    assert lines[-1] == (
+        f"ERROR: Dataset folder not found: {tmp_path / 'nowhere'} (full traceback: {tmp_path / 'out' / 'error.log'})"
+    )
