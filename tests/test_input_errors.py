@@ -263,6 +263,25 @@ def test_existing_output_and_output_in_the_input_folder(tmp_path):
         check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz", overwrite=True)
 
 
+def test_error_log_never_goes_into_an_input_folder(tmp_path, capsys, monkeypatch):
+    """`--output_dir` pointing at the inputs: the error is reported, its log goes to a temporary file instead."""
+    from scripts import input_checks
+    from scripts.outputs import check_outputs
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+
+    entry = _subject(tmp_path / "in")
+    before = sorted(p.name for p in (tmp_path / "in").iterdir())
+    input_checks.install_excepthook(tmp_path / "in" / "error.log")
+    try:
+        check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz")
+    except InputError as e:
+        input_checks._report(type(e), e, e.__traceback__)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"ERROR: output_dir {tmp_path / 'in'} holds input files") and "mri_gan_error_" in line
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
+
+
 def test_datalist_json_that_is_not_json(tmp_path):
     path = tmp_path / "datalist.json"
     path.write_text('{"training": [')

@@ -30,7 +30,11 @@ _SHOWN_VALUES = 10  # offending label values listed in a message
 
 
 class InputError(ValueError):
-    """Bad input the user can fix; ``str()`` is one line naming the file, the problem and what to do."""
+    """Bad input the user can fix; ``str()`` is one line naming the file, the problem and what to do.
+
+    ``log_in_place`` False: the configured log file must not be written (its folder holds the user's inputs)."""
+
+    log_in_place = True
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).splitlines()))
@@ -294,14 +298,15 @@ def _report(exc_type, error, tb) -> None:
         return
     text = "".join(traceback.format_exception(exc_type, error, tb))
     header = f"{datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(sys.argv)}\n"
-    log = _write_log(header + text)
+    log = _write_log(header + text, input_error.log_in_place)
     where = f"full traceback: {log}" if log else "no log file could be written"
     print(f"ERROR: {input_error} ({where})", file=sys.stderr, flush=True)
 
 
-def _write_log(text: str) -> str | None:
-    """Append ``text`` to the log file, or to a new temporary file; return its path (``None`` if both fail)."""
-    if _log_file is not None:
+def _write_log(text: str, in_place: bool = True) -> str | None:
+    """Append ``text`` to the log file (if ``in_place``), or to a new temporary file; return its path (``None`` if
+    both fail)."""
+    if _log_file is not None and in_place:
         try:
             Path(_log_file).parent.mkdir(parents=True, exist_ok=True)
             with open(_log_file, "a") as f:

@@ -13,6 +13,12 @@ class OutputExistsError(InputError, FileExistsError):
     """An output that is already there and would be overwritten (also a ``FileExistsError``)."""
 
 
+class OutputInInputFolderError(InputError):
+    """``output_dir`` holds input files: nothing goes there, not even the error log."""
+
+    log_in_place = False
+
+
 def check_outputs(subjects: Sequence[dict], output_dir, postfixes: Sequence[str], ext: str, overwrite=False) -> None:
     """Refuse to write ``<output_dir>/<subject>_<postfix><ext>`` over existing files or into an input folder.
 
@@ -23,7 +29,7 @@ def check_outputs(subjects: Sequence[dict], output_dir, postfixes: Sequence[str]
     out_dir = Path(output_dir).expanduser().resolve()
     input_dirs = {Path(v).expanduser().resolve().parent for s in subjects for k, v in s.items() if k != "subject"}
     if out_dir in input_dirs:
-        raise InputError(f"output_dir {out_dir} holds input files: choose another --output_dir (inputs are never written)")
+        raise OutputInInputFolderError(f"output_dir {out_dir} holds input files: choose another --output_dir (inputs are never written)")
     if as_bool(overwrite):
         return
     existing = [out_dir / f"{s['subject']}_{p}{ext}" for s in subjects for p in postfixes]
