@@ -3,24 +3,9 @@
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from monai.bundle import run
 
-CENTRES = [-1.0, -1 / 3, 1 / 3, 1.0]  # scaled T1 intensity of background, CSF, GM, WM
-
-
-def _oracle_checkpoint(path):
-    """A 1x1x1 convolution whose argmax picks the class whose scaled T1 intensity is nearest.
-
-    With logits l_k = 2 c_k x - c_k^2 the argmax is the nearest centre c_k, so a correct pipeline reproduces the
-    ground-truth map exactly, up to interpolation at region borders.
-    """
-    conv = torch.nn.Conv3d(2, 4, kernel_size=1)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[:, 0, 0, 0, 0] = torch.tensor([2 * c for c in CENTRES])
-        conv.bias.copy_(torch.tensor([-(c**2) for c in CENTRES]))
-    torch.save(conv.state_dict(), path)
+from oracle import ORACLE_NET, write_oracle_checkpoint
 
 
 def _lps_volume(folder):
@@ -44,7 +29,7 @@ def test_labels_land_on_input_grid(bundle_root, tmp_path, monkeypatch, output_la
     data = tmp_path / "data"
     data.mkdir()
     label, affine = _lps_volume(data)
-    _oracle_checkpoint(tmp_path / "oracle.pt")
+    write_oracle_checkpoint(tmp_path / "oracle.pt")
     monkeypatch.chdir(bundle_root)
     run(
         "inference",
@@ -53,7 +38,7 @@ def test_labels_land_on_input_grid(bundle_root, tmp_path, monkeypatch, output_la
         dataset_format="folder",
         output_dir=str(tmp_path / "out"),
         ckpt_path=str(tmp_path / "oracle.pt"),
-        network_def={"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1},
+        network_def=ORACLE_NET,
         roi_size=[32, 32, 32],
         output_labels=output_labels,
         save_probabilities=True,
@@ -74,7 +59,7 @@ def test_analyze_input_keeps_nibabel_grid(bundle_root, tmp_path, monkeypatch):
     from scripts.phantom import write_iseg
 
     write_iseg(tmp_path / "iseg", num_labeled=1, num_unlabeled=0, shape=(40, 48, 56), seed=3)
-    _oracle_checkpoint(tmp_path / "oracle.pt")
+    write_oracle_checkpoint(tmp_path / "oracle.pt")
     monkeypatch.chdir(bundle_root)
     run(
         "inference",
@@ -83,7 +68,7 @@ def test_analyze_input_keeps_nibabel_grid(bundle_root, tmp_path, monkeypatch):
         dataset_format="iseg",
         output_dir=str(tmp_path / "out"),
         ckpt_path=str(tmp_path / "oracle.pt"),
-        network_def={"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1},
+        network_def=ORACLE_NET,
     )
     source = nib.load(str(tmp_path / "iseg" / "subject-1-T1.hdr"))
     seg = nib.load(str(tmp_path / "out" / "subject-1_seg.nii.gz"))
@@ -105,12 +90,12 @@ def test_existing_outputs_and_input_folder_are_refused(bundle_root, tmp_path, mo
     data = tmp_path / "data"
     data.mkdir()
     _lps_volume(data)
-    _oracle_checkpoint(tmp_path / "oracle.pt")
+    write_oracle_checkpoint(tmp_path / "oracle.pt")
     monkeypatch.chdir(bundle_root)
     args = dict(
         config_file="configs/inference.yaml", dataset_dir=str(data), dataset_format="folder",
         ckpt_path=str(tmp_path / "oracle.pt"), roi_size=[32, 32, 32],
-        network_def={"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1},
+        network_def=ORACLE_NET,
     )  # fmt: skip
     out = tmp_path / "out"
     run("inference", output_dir=str(out), **args)

@@ -10,9 +10,9 @@ import torch
 from monai.bundle import ConfigParser, run
 from scipy import ndimage
 
-CENTRES = [-1.0, -1 / 3, 1 / 3, 1.0]  # scaled T1 intensity of background, CSF, GM, WM
+from oracle import ORACLE_NET, write_oracle_checkpoint
+
 SHAPE = (40, 36, 24)
-ORACLE_NET = {"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1}
 
 
 def _rotation(axis: int, degrees: float) -> np.ndarray:
@@ -56,17 +56,6 @@ def _tissue_map() -> np.ndarray:
     return label
 
 
-def _oracle_checkpoint(path):
-    """A 1x1x1 convolution whose argmax picks the class whose scaled T1 intensity is nearest (logits
-    ``2 c_k x - c_k^2``), so a correct pipeline reproduces the tissue map up to interpolation at borders."""
-    conv = torch.nn.Conv3d(2, 4, kernel_size=1)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[:, 0, 0, 0, 0] = torch.tensor([2 * c for c in CENTRES])
-        conv.bias.copy_(torch.tensor([-(c**2) for c in CENTRES]))
-    torch.save(conv.state_dict(), path)
-
-
 def _write_subject(folder, subject, affine, dtype, ext, label) -> dict:
     """Write T1 (tissue-coded: 0/80/160/240, fits uint8) and T2 images; return the datalist entry."""
     images = {"t1": label * 80, "t2": np.where(label > 0, 50 + 10 * label, 0)}
@@ -88,7 +77,7 @@ def segmented(bundle_root, tmp_path_factory):
     label = _tissue_map()
     entries = [_write_subject(data, s, affine, dtype, ext, label) for s, (affine, dtype, ext) in SUBJECTS.items()]
     (data / "datalist.json").write_text(json.dumps({"testing": entries}))
-    _oracle_checkpoint(tmp / "oracle.pt")
+    write_oracle_checkpoint(tmp / "oracle.pt")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(bundle_root)
         run(

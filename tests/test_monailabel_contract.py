@@ -23,8 +23,8 @@ from monai.transforms import Compose, LoadImaged, SaveImaged
 from scripts.input_checks import InputError
 from scripts.networks import Segmenter
 
-CENTRES = [-1.0, -1 / 3, 1 / 3, 1.0]  # scaled T1 intensity of background, CSF, GM, WM
-ORACLE_NET = {"_target_": "torch.nn.Conv3d", "in_channels": 2, "out_channels": 4, "kernel_size": 1}
+from oracle import ORACLE_NET, write_oracle_checkpoint
+
 TINY = {"network_features": [4, 8, 16, 32]}
 
 
@@ -34,16 +34,6 @@ def _parser(bundle_root, config, **overrides):
     parser.read_config(str(bundle_root / "configs" / config))
     parser.config.update({"bundle_root": str(bundle_root), **overrides})
     return parser
-
-
-def _oracle_weights(path):
-    """1x1x1 convolution whose argmax picks the class whose scaled T1 intensity is nearest (see test_inference.py)."""
-    conv = torch.nn.Conv3d(2, 4, kernel_size=1)
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[:, 0, 0, 0, 0] = torch.tensor([2 * c for c in CENTRES])
-        conv.bias.copy_(torch.tensor([-(c**2) for c in CENTRES]))
-    torch.save(conv.state_dict(), path)
 
 
 def _study(folder, name, shape=(40, 36, 18), channels=2):
@@ -115,7 +105,7 @@ def test_plain_state_dict_model_loads_into_network_def(bundle_root, tmp_path):
 
 def test_infers_a_4d_study_as_monailabel_does(bundle_root, tmp_path):
     entry, label = _study(tmp_path, "case01")
-    _oracle_weights(tmp_path / "model.pt")
+    write_oracle_checkpoint(tmp_path / "model.pt")
     parser = _parser(bundle_root, "inference.yaml", network_def=ORACLE_NET, roi_size=[32, 32, 32], device="cpu")
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(tmp_path / "model.pt"))
