@@ -147,3 +147,18 @@ def test_checkpoints_never_save_non_finite_weights(tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records]
     assert len(errors) == 2 and "non-finite values in bias" in errors[0]
     assert "non-finite values in network.bias" in errors[1]
+
+
+@pytest.mark.parametrize("epochs, validated", [(5, [2, 4, 5]), (4, [2, 4])])
+def test_final_validation_after_the_last_epoch(epochs, validated):
+    from scripts.handlers import FinalValidation
+
+    from monai.engines import Evaluator
+
+    validator = Evaluator(device="cpu", val_data_loader=[0])
+    validator.run = lambda epoch: seen.append(epoch)
+    seen = []
+    trainer = Engine(lambda e, b: None)
+    FinalValidation(validator=validator, interval=2).attach(trainer)
+    trainer.run([0], max_epochs=epochs)
+    assert seen == validated

@@ -388,3 +388,17 @@ def test_inference_with_missing_dataset_folder(bundle_root, tmp_path):
     assert lines[-1] == (
         f"ERROR: Dataset folder not found: {tmp_path / 'nowhere'} (full traceback: {tmp_path / 'out' / 'error.log'})"
     )
+
+
+def test_synthesis_with_a_missing_label_map(bundle_root, tmp_path):
+    """configs/synthesize.yaml reports its input errors as one line too."""
+    source = _subject(tmp_path / "in")
+    lines = _bundle_fails(
+        bundle_root, "synthesize", "--config_file", "configs/synthesize.yaml",
+        "--label_files", repr([str(tmp_path / "in" / "missing_label.nii.gz")]),
+        "--source_files", repr([[source["t1"], source["t2"]]]), "--output_dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert lines[-1] == (
+        f"ERROR: input file {tmp_path / 'in' / 'missing_label.nii.gz'} not found "
+        f"(full traceback: {tmp_path / 'out' / 'error.log'})"
+    )

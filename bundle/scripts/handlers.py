@@ -9,6 +9,7 @@ from collections import deque
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
+from monai.handlers import ValidationHandler
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -36,6 +37,20 @@ class LossProgressBar(ProgressBar):
         if "loss_g_total" in terms:
             shown["loss_g"] = terms["loss_g_total"]
         return shown
+
+
+class FinalValidation(ValidationHandler):
+    """MONAI's ``ValidationHandler`` (every ``interval`` epochs) that also validates after the last epoch when the
+    run's length is not a multiple of ``interval``, so that every run measures, and saves as best, its final
+    weights (MONAI Label's training runs are often a few epochs long)."""
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._after_last_epoch)
+
+    def _after_last_epoch(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval:
+            self(engine)
 
 
 class GanImageHandler:

@@ -20,6 +20,8 @@ from monai.transforms import MapTransform, ResizeWithPadOrCrop
 from torch import Tensor, nn
 
 from .cli import as_bool
+from .input_checks import InputError, MissingInputError
+from .outputs import OutputExistsError, OutputInInputFolderError
 
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
 _EXTENSIONS = (".nii.gz", ".nii", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".gz")
@@ -42,18 +44,18 @@ def synthesis_pairs(
     modalities = [str(m) for m in modalities]
     clash = sorted(set(modalities) & set(_RESERVED_KEYS))
     if clash:
-        raise ValueError(f"modalities {clash} clash with keys the workflow uses ({', '.join(_RESERVED_KEYS)})")
+        raise InputError(f"modalities {clash} clash with keys the workflow uses ({', '.join(_RESERVED_KEYS)})")
     overwrite = as_bool(overwrite)
     labels = _as_paths(label_files, "--label_files", "['/data/subject-1-label.hdr']")
     sources = _as_sources(source_files, len(modalities))
     if len(sources) not in (1, len(labels)):
-        raise ValueError(
+        raise InputError(
             f"got {len(labels)} label maps but {len(sources)} sources: give one source per label map "
             "(--source_files \"[[t1, t2], ...]\"), or a single source for all of them"
         )
     for i, source in enumerate(sources):
         if len(source) != len(modalities):
-            raise ValueError(
+            raise InputError(
                 f"source {i + 1} {[str(p) for p in source]} has {len(source)} files but modalities {modalities} "
                 f"need {len(modalities)}, in that order"
             )
@@ -67,12 +69,12 @@ def synthesis_pairs(
         subject = f"{subject_id(label)}_from_{subject_id(source[0])}"
         out = out_dir / f"{subject}_{postfix}{ext}"
         if out in outputs:
-            raise ValueError(f"label maps {outputs[out]} and {label} would both be written to {out}")
+            raise InputError(f"label maps {outputs[out]} and {label} would both be written to {out}")
         outputs[out] = label
         if any(out.resolve() == p.resolve() for p in inputs):
-            raise ValueError(f"output {out} would overwrite an input file; choose another --output_dir")
+            raise OutputInInputFolderError(f"output {out} would overwrite an input file; choose another --output_dir")
         if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite true to replace it, or another --output_dir")
+            raise OutputExistsError(f"{out} already exists; pass --overwrite true to replace it, or another --output_dir")
         entries.append({"subject": subject, "label": str(label), **{m: str(p) for m, p in zip(modalities, source)}})
     return entries
 
@@ -101,7 +103,7 @@ def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
     return it on ``device`` in eval mode. One-line errors name the file when it is missing or does not fit."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"generator checkpoint {path} not found: train with configs/train.yaml (it writes models/generator.pt) "
             "or pass --ckpt_path"
         )
@@ -109,17 +111,17 @@ def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         reason = next(iter(str(e).strip().splitlines()), "")
-        raise ValueError(f"cannot read generator checkpoint {path}: {type(e).__name__}: {reason}") from e
+        raise InputError(f"cannot read generator checkpoint {path}: {type(e).__name__}: {reason}") from e
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("generator"), Mapping):
         keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ValueError(f"{path} is not a generator checkpoint: expected {{'generator': state_dict}}, found {keys}")
+        raise InputError(f"{path} is not a generator checkpoint: expected {{'generator': state_dict}}, found {keys}")
     state, own = checkpoint["generator"], generator.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     resized = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or resized:
         example = (resized or missing or unexpected)[0]
-        raise ValueError(
+        raise InputError(
             f"{path} does not fit the generator of this config ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(resized)} resized tensors, e.g. {example}): set modalities, num_classes, generator_features, "
             "tissue_code_dim and noise_dim as in training"
@@ -182,11 +184,11 @@ class NoisePerVolume(PrepareBatch):
 def _as_paths(value, option: str, example: str) -> list[Path]:
     """A path or a list of paths as Paths; an empty value is an error."""
     if value is None or value == "" or value == []:
-        raise ValueError(f"{option}: no files given, e.g. {option} \"{example}\"")
+        raise InputError(f"{option}: no files given, e.g. {option} \"{example}\"")
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     bad = [v for v in values if not isinstance(v, (str, Path))]
     if bad:
-        raise ValueError(f"{option} must hold file paths, got {bad[0]!r}")
+        raise InputError(f"{option} must hold file paths, got {bad[0]!r}")
     return [Path(v).expanduser() for v in values]
 
 
@@ -200,12 +202,12 @@ def _as_sources(value, num_modalities: int) -> list[list[Path]]:
 
 def _as_paths_list(value, example: str) -> list:
     if value is None or value == "" or value == []:
-        raise ValueError(f"--source_files: no files given, e.g. --source_files \"{example}\"")
+        raise InputError(f"--source_files: no files given, e.g. --source_files \"{example}\"")
     return [[value]] if isinstance(value, (str, Path)) else list(value)
 
 
 def _check_readable(path: Path) -> None:
     if not path.is_file():
-        raise FileNotFoundError(f"input file {path} not found")
+        raise MissingInputError(f"input file {path} not found")
     if path.suffix.lower() == ".hdr" and not any(path.with_suffix(s).is_file() for s in (".img", ".IMG")):
-        raise FileNotFoundError(f"Analyze header {path} has no {path.with_suffix('.img').name} beside it")
+        raise MissingInputError(f"Analyze header {path} has no {path.with_suffix('.img').name} beside it")
