@@ -186,3 +186,13 @@ def test_dataset_folder_becomes_monailabel_studies(tmp_path):
     assert not (tmp_path / "studies" / "labels" / "final" / "subject-2.nii.gz").exists()  # unlabelled
     with pytest.raises(FileExistsError, match="subject-1.nii.gz already exists"):
         write_studies(tmp_path / "iseg", "iseg", tmp_path / "studies")
+
+
+def test_monai_label_studies_have_class_index_labels(bundle_root, tmp_path):
+    """MONAI Label's labels are class indices 0..3: the label format (and the input check's message) follow the
+    training data, not --dataset_format."""
+    parser = _parser(bundle_root, "train.yaml")
+    parser["train#dataset#data"] = [{"image": str(tmp_path / "s.nii.gz"), "label": str(tmp_path / "l.nii.gz")}]
+    parser.parse()
+    assert parser.get_parsed_content("label_format") == "datalist"
+    assert parser.get_parsed_content("label_map") == ([0, 1, 2, 3], [0, 1, 2, 3])
