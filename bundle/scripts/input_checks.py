@@ -48,7 +48,9 @@ class MissingInputError(InputError, FileNotFoundError):
 
 
 @dataclass
-class _Volume:
+class Volume:
+    """An image file's spatial shape and affine, for ``check_same_grid``."""
+
     path: str
     shape: tuple[int, ...]  # spatial shape (3D)
     affine: np.ndarray
@@ -81,13 +83,13 @@ def check_datalist(
         if codes is not None and entry.get("label") is not None:
             files += [(index, p, 1, codes) for p in _as_paths(entry["label"])]
     workers = os.cpu_count() if num_workers is None else max(1, int(num_workers))
-    subject: list[_Volume] = []
+    subject: list[Volume] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check_inputs") as pool:
         volumes = pool.map(lambda f: _check_file(f[1], f[2], f[3], label_set_name), files)
         for i, volume in enumerate(volumes):  # in datalist order: the first bad file is reported
             subject.append(volume)
             if i + 1 == len(files) or files[i + 1][0] != files[i][0]:
-                _check_same_grid(subject, datalist[files[i][0]].get("subject", f"entry {files[i][0]}"))
+                check_same_grid(subject, datalist[files[i][0]].get("subject", f"entry {files[i][0]}"))
                 subject = []
 
 
@@ -108,7 +110,7 @@ def _as_paths(value) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
-def _check_file(path: str, channels: int, label_codes: np.ndarray | None, label_set_name: str) -> _Volume:
+def _check_file(path: str, channels: int, label_codes: np.ndarray | None, label_set_name: str) -> Volume:
     """Read ``path`` fully and check its dimensions, values and (with ``label_codes``) label values."""
     shape, data, affine = _read(path)
     spatial = tuple(shape[:3])
@@ -143,7 +145,7 @@ def _check_file(path: str, channels: int, label_codes: np.ndarray | None, label_
                 f"{path} has label values [{shown}] outside the {label_set_name} set [{allowed}]: "
                 "check --dataset_format and the label file"
             )
-    return _Volume(path, spatial, affine)
+    return Volume(path, spatial, affine)
 
 
 def _read(path: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
@@ -174,7 +176,7 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def _check_same_grid(volumes: list[_Volume], subject) -> None:
+def check_same_grid(volumes: list[Volume], subject) -> None:
     """All volumes of a subject on the first one's grid: same spatial shape, affines equal up to the tolerance."""
     if not volumes:
         return

@@ -22,7 +22,7 @@ from monai.transforms import MapTransform, Spacingd
 
 from .cli import as_bool
 from .datasets import IGNORE_LABEL, find_subjects, label_mapping
-from .input_checks import GRID_TOLERANCE, InputError
+from .input_checks import InputError, Volume, check_same_grid
 
 IMAGE_KEY = "image"
 _EXTENSIONS = re.compile(r"(\.nii\.gz|\.nii|\.hdr|\.img|\.nrrd|\.mha|\.mhd)$", re.IGNORECASE)
@@ -113,19 +113,13 @@ def stack_modalities(output, *inputs) -> str:
     if not inputs:
         raise InputError(f"{output}: give the modality images to stack, in the order of --modalities (e.g. T1 T2)")
     images = [nib.load(str(p)) for p in inputs]
-    first, first_path = images[0], inputs[0]
-    tolerance = GRID_TOLERANCE * float(np.linalg.norm(first.affine[:3, :3], axis=0).min())
     for path, image in zip(inputs, images):
         if len(image.shape) != 3:
             raise InputError(f"{path} has shape {image.shape}: each modality must be one 3D volume")
-        if image.shape != first.shape or not np.allclose(image.affine, first.affine, rtol=0, atol=tolerance):
-            raise InputError(
-                f"{path} is not on the voxel grid of {first_path} (shape {image.shape} vs {first.shape}): "
-                "co-register and resample the modalities of a subject to one grid"
-            )
+    check_same_grid([Volume(str(p), tuple(i.shape), i.affine) for p, i in zip(inputs, images)], Path(output).name)
     data = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in images], axis=-1)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, first.affine), str(output))
+    nib.save(nib.Nifti1Image(data, images[0].affine), str(output))
     return str(output)
 
 
