@@ -80,14 +80,46 @@ def test_supervised_mode_has_only_the_labelled_term():
 
 def test_warmup_trains_discriminator_on_labelled_patches_only():
     trainer, _, gen = _trainer("mri", warmup_iterations=1, max_epochs=1)
+    trainer.d_loss_function.weights["synthetic"] = 1.0
     seen = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(set(e.state.output[0])))
     g0 = _params(gen)
     trainer.run()
     assert "loss_d_fake" not in seen[0] and "loss_d_unlabelled" not in seen[0]
     assert "loss_g_total" in seen[0]  # the generator trains during the warm-up
-    assert {"loss_d_fake", "loss_d_unlabelled"} <= seen[1]
+    assert {"loss_d_fake", "loss_d_unlabelled", "loss_d_synthetic"} <= seen[1]
     assert _changed(g0, gen)
+
+
+def test_gan_terms_ramp_in_linearly_after_the_warmup():
+    trainer, _, _ = _trainer("mri", warmup_iterations=10, rampup_iterations=20)
+    assert [trainer.gan_ramp(i) for i in (1, 10, 11, 20, 30, 31, 100)] == [0, 0, 0.05, 0.5, 1, 1, 1]
+    assert _trainer("mri", warmup_iterations=10)[0].gan_ramp(11) == 1.0
+
+
+def test_batch_norm_running_statistics_come_from_real_patches_only():
+    """The generated patches' pass through D leaves the running statistics as the real patches' pass set them."""
+    trainer, net, _ = _trainer("mri", max_epochs=1)
+    trainer.d_loss_function.weights["synthetic"] = 1.0
+    real_only, _, _ = _trainer("mri", max_epochs=1)
+    real_only.d_loss_function.weights.update(fake=0.0, synthetic=0.0)
+    bn = [k for k in net.state_dict() if k.endswith("running_mean")]
+    after_first = {}
+    for t in (trainer, real_only):
+        t.add_event_handler(Events.ITERATION_COMPLETED(once=1), lambda e: after_first.setdefault(
+            id(e), {k: v.clone() for k, v in e.network.state_dict().items()}))
+        t.run()
+    first, second = after_first[id(trainer)], after_first[id(real_only)]
+    assert bn and all(torch.allclose(first[k], second[k]) for k in bn)
+
+
+def test_generated_maps_are_flipped_copies_of_the_labels():
+    trainer, _, _ = _trainer("mri")
+    label = torch.arange(2 * 4 * 3 * 2).view(2, 1, 4, 3, 2).repeat(50, 1, 1, 1, 1)
+    maps = trainer._target_maps(label)
+    flipped = [torch.equal(m, l.flip(1)) for m, l in zip(maps, label)]
+    assert all(f or torch.equal(m, l) for f, m, l in zip(flipped, maps, label))
+    assert 10 < sum(flipped) < 90
 
 
 def test_generator_step_leaves_discriminator_and_its_statistics_alone():

@@ -162,3 +162,19 @@ def test_final_validation_after_the_last_epoch(epochs, validated):
     FinalValidation(validator=validator, interval=2).attach(trainer)
     trainer.run([0], max_epochs=epochs)
     assert seen == validated
+
+
+@pytest.mark.parametrize("epochs, validated", [(6, [4, 6]), (2, [2])])
+def test_final_validation_waits_for_the_gan_terms(epochs, validated):
+    """No validation (hence no best checkpoint) until the warm-up's last iteration has passed, but always a final one."""
+    from scripts.handlers import FinalValidation
+
+    from monai.engines import Evaluator
+
+    validator = Evaluator(device="cpu", val_data_loader=[0])
+    validator.run = lambda epoch: seen.append(epoch)
+    seen = []
+    trainer = Engine(lambda e, b: None)
+    FinalValidation(validator=validator, interval=2, start_iteration=2).attach(trainer)
+    trainer.run([0], max_epochs=epochs)  # one iteration per epoch
+    assert seen == validated

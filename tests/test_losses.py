@@ -125,7 +125,7 @@ def test_generator_loss_terms_by_hand():
     loss = GeneratorLoss(reconstruction_weight=2.0)
     terms = loss(
         feats, feats, torch.zeros(1, 4, 4, 1, 1), label, boundary_logits=torch.zeros(1, 1, 4, 1, 1),
-        reconstruction=torch.full((1, 2, 4, 1, 1), 0.5), source=torch.zeros(1, 2, 4, 1, 1),
+        reconstruction=torch.full((1, 2, 4, 1, 1), 0.5), reconstruction_target=torch.zeros(1, 2, 4, 1, 1),
     )  # fmt: skip
     assert math.isclose(terms["adversarial"].item(), math.log(1.25), rel_tol=1e-6)
     assert math.isclose(terms["boundary"].item(), math.log(2), rel_tol=1e-6)
@@ -140,3 +140,47 @@ def test_generator_feature_matching_gradient_reaches_fakes_only():
     fake = torch.randn(1, 2, 2, 1, 1, requires_grad=True)
     GeneratorLoss()(real, fake, torch.zeros(1, 4, 2, 1, 1), label)["total"].backward()
     assert real.grad is None and fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_discriminator_synthetic_term_and_ramp_by_hand():
+    """Synthetic term: the labelled loss on generated logits against their maps; the ramp scales every GAN term."""
+    label = torch.tensor([0, 1, 2, 3]).view(1, 1, 4, 1, 1)
+    zeros = torch.zeros(1, 4, 4, 1, 1)
+    loss = DiscriminatorLoss(unlabelled_weight=1.0, fake_weight=2.0, synthetic_weight=3.0)
+    terms = loss(zeros, label, zeros, zeros, generated_label=label, scale=0.5)
+    # uniform logits: CE log 4; unlabelled softplus(-log 4) = log(1.25); fake softplus(log 4) = log 5
+    assert math.isclose(terms["synthetic"].item(), math.log(4), rel_tol=1e-6)
+    expected = math.log(4) + 0.5 * (math.log(1.25) + 2 * math.log(5) + 3 * math.log(4))
+    assert math.isclose(terms["total"].item(), expected, rel_tol=1e-6)
+    assert set(DiscriminatorLoss(fake_weight=0)(zeros, label, None, zeros, label)) == {"labelled", "total"}
+
+
+def test_class_intensity_statistics_by_hand():
+    from scripts.losses import class_intensity_statistics
+
+    image = torch.tensor([1.0, 3.0, 10.0, 10.0]).view(1, 1, 4, 1, 1)
+    weights = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]).view(1, 2, 4, 1, 1)
+    mean, std, mass = class_intensity_statistics(image, weights)
+    assert mean.flatten().tolist() == [2.0, 10.0] and mass.flatten().tolist() == [2.0, 2.0]
+    assert torch.allclose(std.flatten(), torch.tensor([1.0, 0.0]), atol=1e-3)
+
+
+def test_generator_appearance_and_segmentation_terms_by_hand():
+    """The fake's class-1 voxels have mean 0, std 0; its source's class-1 voxels (by D's probabilities) mean 2, std 1:
+    appearance (2^2 + 1^2) = 5. Uniform fake logits: segmentation CE log 4."""
+    fake_label = torch.tensor([1, 1, 1, 1]).view(1, 1, 4, 1, 1)
+    fake = torch.zeros(1, 1, 4, 1, 1, requires_grad=True)
+    source = torch.tensor([1.0, 3.0, 1.0, 3.0]).view(1, 1, 4, 1, 1)
+    probs = torch.zeros(1, 4, 4, 1, 1)
+    probs[:, 1] = 1.0
+    loss = GeneratorLoss(feature_matching_weight=0, adversarial_weight=0, boundary_weight=0, appearance_weight=2.0,
+                         segmentation_weight=1.0, min_voxels=1)  # fmt: skip
+    feats = torch.ones(1, 3, 4, 1, 1)
+    terms = loss(feats, feats, torch.zeros(1, 4, 4, 1, 1), fake_label, fake=fake, source=source, source_probs=probs)
+    assert math.isclose(terms["appearance"].item(), 5.0, rel_tol=1e-3)
+    assert math.isclose(terms["segmentation"].item(), math.log(4), rel_tol=1e-6)
+    assert math.isclose(terms["total"].item(), 2 * 5.0 + math.log(4), rel_tol=1e-3)
+    terms["total"].backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    # classes too small in the source are left out
+    assert loss.appearance(fake, fake_label, source, probs * 0.1).item() == 0.0

@@ -157,7 +157,7 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
         output_dir=str(tmp_path / "runs"), ckpt_dir=str(tmp_path / "models"), dataset_dir=str(dataset_dir),
         network_features=TINY["network_features"], generator_features=[4, 8, 16], patch_size=[16, 16, 16],
         batch_size=1, samples_per_volume=1, num_workers=0, val_interval=1, val_roi_size=[32, 32, 32],
-        gan_warmup_iterations=0,
+        gan_warmup_iterations=0, epoch_length=1,
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "Validation Dice per tissue" in out  # validated on MONAI Label's validation study

@@ -26,7 +26,7 @@ FEATURES = [4, 8, 16, 32]
 TINY = {
     "network_features": FEATURES, "roi_size": [32, 32, 32], "generator_features": [4, 8, 16],
     "patch_size": [16, 16, 16], "batch_size": 1, "samples_per_volume": 1, "num_workers": 0, "val_interval": 1,
-    "val_roi_size": [32, 32, 32], "gan_warmup_iterations": 0,
+    "val_roi_size": [32, 32, 32], "gan_warmup_iterations": 0, "epoch_length": 1,
 }  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 """Tests of the procedural brain phantom generator ``scripts.phantom`` (small volumes, fast on 2 CPU cores)."""
 
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -216,3 +217,79 @@ def test_cli_writes_iseg_files(bundle_root, tmp_path):
     assert (out_dir / "subject-1-label.img").is_file() and (out_dir / "subject-2-T2.hdr").is_file()
     assert not (out_dir / "subject-2-label.hdr").exists()
     assert np.asarray(nib.load(out_dir / "subject-2-T1.hdr").dataobj).shape == (32, 40, 48)
+
+
+# ---- cohort (opt-in) --------------------------------------------------------------------------------------------
+
+COHORT_SEEDS = [phantom._subject_seed(0, index) for index in range(1, 9)]  # subjects 1-8 of write_iseg(seed=0)
+
+
+def test_default_subject_is_unchanged_by_the_cohort_option():
+    """Checksums of ``make_subject(SMALL, "infant", 0)`` computed before ``cohort`` existed (the RNG stream and the
+    arrays of default subjects must not move)."""
+    subject = phantom.make_subject(SMALL, "infant", 0)
+    assert "cohort" not in subject
+    structures_sha256 = "081233df2ca36808a4ad1eb3fd5d276fc4dfa4a219457ca2b54b0def624cd618"
+    assert hashlib.sha256(subject["structures"].tobytes()).hexdigest() == structures_sha256
+    expected = {"t1": (9280873.912506104, 4671145.983304923, 2951234197.7873287),
+                "t2": (20087125.368988037, 10310825.013506342, 12831955666.70493)}
+    ramp = np.arange(subject["label"].size, dtype=np.float64).reshape(SMALL) / subject["label"].size
+    for modality, sums in expected.items():
+        image = subject["images"][modality].astype(np.float64)
+        np.testing.assert_allclose((image.sum(), (image * ramp).sum(), (image * image).sum()), sums, rtol=1e-9)
+
+
+def test_cohort_subjects_are_deterministic_and_valid():
+    subject = phantom.make_subject(SMALL, "infant", 5, cohort=True)
+    again = phantom.make_subject(SMALL, "infant", 5, cohort=True)
+    default = phantom.make_subject(SMALL, "infant", 5)
+    assert subject["cohort"] == again["cohort"] and 0 <= subject["cohort"]["age"] <= 1
+    np.testing.assert_array_equal(subject["structures"], again["structures"])
+    for modality, image in subject["images"].items():
+        assert image.tobytes() == again["images"][modality].tobytes()
+        assert not np.array_equal(image, default["images"][modality])
+    label = subject["label"]
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+    assert all(np.all(image[label == 0] == 0) and np.all(image[label > 0] > 0) for image in subject["images"].values())
+    with pytest.raises(ValueError, match="infant"):
+        phantom.make_subject(SMALL, "adult", 0, cohort=True)
+
+
+def test_cohort_contrast_follows_age_across_isointensity():
+    """T1 WM/GM goes from below GM (neonatal) to clearly above (~12 months) with age; T2 the other way round."""
+    ages, t1_ratios, t2_ratios = [], [], []
+    for seed in COHORT_SEEDS:
+        subject = phantom.make_subject(SMALL, "infant", seed, cohort=True)
+        ages.append(subject["cohort"]["age"])
+        for modality, ratios in (("t1", t1_ratios), ("t2", t2_ratios)):
+            gm, wm = tissue_means(subject, modality, codes=(GM, WM))
+            ratios.append(wm / gm)
+    assert min(t1_ratios) < 0.95 and max(t1_ratios) > 1.1, t1_ratios
+    assert np.corrcoef(ages, t1_ratios)[0, 1] > 0.8 and np.corrcoef(ages, t2_ratios)[0, 1] < -0.5
+
+
+def test_write_iseg_cohort_records_the_option(tmp_path):
+    default_dir, cohort_dir = tmp_path / "default", tmp_path / "cohort"
+    phantom.write_iseg(default_dir, **ISEG_ARGS)
+    assert "cohort" not in json.loads((default_dir / "phantom.json").read_text())["arguments"]
+    assert phantom.write_dataset(cohort_dir, layout="iseg", cohort=True, **ISEG_ARGS) == [
+        "subject-1", "subject-2", "subject-3"]
+    assert json.loads((cohort_dir / "phantom.json").read_text())["arguments"]["cohort"] is True
+    for n in (1, 2, 3):
+        t1 = np.asarray(nib.load(cohort_dir / f"subject-{n}-T1.hdr").dataobj)
+        t2 = np.asarray(nib.load(cohort_dir / f"subject-{n}-T2.hdr").dataobj)
+        assert t1.shape == t2.shape == ISEG_ARGS["shape"] and t1.dtype == np.int16 and t1.max() > 0
+    label = np.asarray(nib.load(cohort_dir / "subject-1-label.hdr").dataobj)
+    assert set(np.unique(label)) == {0, 10, 150, 250}
+    expected = phantom.make_subject(ISEG_ARGS["shape"], "infant", phantom._subject_seed(0, 1), cohort=True)
+    np.testing.assert_array_equal(label, phantom._ISEG_LABEL_VALUES[expected["label"]])
+    assert file_hashes(default_dir)["subject-1-T1.img"] != file_hashes(cohort_dir)["subject-1-T1.img"]
+
+
+def test_cohort_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from scripts.cohort_figure import draw
+
+    out = tmp_path / "figures" / "cohort.png"
+    assert draw(out, num_subjects=2, shape=(32, 40, 48)) == str(out)
+    assert out.stat().st_size > 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -50,10 +50,10 @@ def test_every_loss_term_and_tissue_dice_is_recorded(tracked):
     assert run.data.params["max_epochs"] == str(EPOCHS) and run.data.params["epoch_length"] == str(EPOCH_LENGTH)
     iterations = list(range(1, EPOCHS * EPOCH_LENGTH + 1))
     always = ["loss", "loss_d_total", "loss_d_labelled", "loss_g_total", "loss_g_feature_matching",
-              "loss_g_adversarial", "loss_g_boundary", "loss_g_reconstruction"]  # fmt: skip
+              "loss_g_segmentation", "loss_g_appearance", "loss_g_boundary", "loss_g_reconstruction"]  # fmt: skip
     for key in always:
         assert [s for s, _ in _steps(client, run, key)] == iterations, key
-    for key in ("loss_d_unlabelled", "loss_d_fake"):  # the GAN terms start after the warm-up
+    for key in ("loss_d_synthetic",):  # the GAN terms start after the warm-up
         assert [s for s, _ in _steps(client, run, key)] == iterations[WARMUP:], key
     for key in ("val_mean_dice", "val_dice_CSF", "val_dice_GM", "val_dice_WM"):  # one validation per epoch
         history = _steps(client, run, key)
@@ -68,7 +68,7 @@ def test_mlflow_and_tensorboard_record_the_same_values(tracked):
         acc = EventAccumulator(str(f))
         acc.Reload()
         tensorboard.update({t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]})
-    for key in ("loss_d_total", "loss_d_fake", "loss_g_total", "val_dice_WM"):
+    for key in ("loss_d_total", "loss_d_synthetic", "loss_g_total", "val_dice_WM"):
         assert _steps(client, run, key) == [(s, pytest.approx(v, rel=1e-6)) for s, v in tensorboard[key]], key
 
 

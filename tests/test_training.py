@@ -36,7 +36,7 @@ def trained(bundle_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     dirs = {"dataset_dir": tmp / "phantom", "output_dir": tmp / "runs", "ckpt_dir": tmp / "models"}
     out = _bundle(
-        bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "2", "--val_interval", "1",
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "2", "--epoch_length", "1", "--val_interval", "1",
         "--gan_warmup_iterations", "1", *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
     )  # fmt: skip
     return dirs, out
@@ -57,7 +57,8 @@ def test_training_writes_cpu_checkpoint_and_reports_dice(trained):
         acc.Reload()
         tags |= set(acc.Tags()["images"]) | set(acc.Tags()["scalars"])
     assert {"train/real", "train/fake", "train/label", "train/segmentation"} <= tags
-    assert {"loss_d_fake", "loss_d_unlabelled", "loss_g_feature_matching", "loss_g_boundary"} <= tags
+    assert {"loss_d_synthetic", "loss_g_feature_matching", "loss_g_boundary", "loss_g_segmentation",
+            "loss_g_appearance", "loss_g_reconstruction"} <= tags  # tissue transfer is the default
 
 
 def test_split_is_written_and_reproducible(trained, bundle_root):
@@ -82,7 +83,7 @@ def test_evaluation_on_test_split(trained, bundle_root, tmp_path):
 def test_monai_label_run_id(bundle_root, tmp_path):
     """MONAI Label trains through the default `run` id and overrides train#trainer#max_epochs."""
     _bundle(
-        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1", *TINY,
+        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1", "--epoch_length", "1", *TINY,
         "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "1",
     )  # fmt: skip
@@ -92,7 +93,7 @@ def test_monai_label_run_id(bundle_root, tmp_path):
 @pytest.mark.parametrize("variant", ["supervised", "standard_gan"])
 def test_baselines_train_from_the_command_line(bundle_root, tmp_path, variant):
     out = _bundle(
-        bundle_root, "training", "--config_file", f"['configs/train.yaml','configs/{variant}.yaml']", "--epochs", "1",
+        bundle_root, "training", "--config_file", f"['configs/train.yaml','configs/{variant}.yaml']", "--epochs", "1", "--epoch_length", "1",
         "--val_interval", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"),
     )  # fmt: skip
@@ -144,7 +145,7 @@ def test_same_seed_same_losses_on_cpu(bundle_root, tmp_path):
             "--output_dir", str(tmp_path / name / "runs"), "--ckpt_dir", str(tmp_path / name / "models"),
         )  # fmt: skip
         runs.append(_scalars(tmp_path / name / "runs"))
-    assert runs[0]["loss_d_fake"] and len(runs[0]["loss_d_total"]) == 3
+    assert runs[0]["loss_d_synthetic"] and runs[0]["loss_g_appearance"] and len(runs[0]["loss_d_total"]) == 3
     assert runs[0] == runs[1]
 
 

@@ -39,19 +39,26 @@ class SemiSupervisedGanTrainer(Trainer):
     """One discriminator (segmenter) step, then one generator step, per iteration.
 
     Each iteration draws a labelled batch from ``train_data_loader`` and an unlabelled batch from
-    ``unlabeled_data_loader`` (cycled independently), and generates as many fakes as there are labelled patches:
-    the MRI-GAN generator (``generator.conditional``) turns the unlabelled patches into MRIs carrying the labelled
-    patches' tissue maps; the Standard-GAN generator maps noise to patches. In the discriminator step D sees
-    labelled, unlabelled and (detached) fake patches in one concatenated forward pass, so batch norm normalises them
-    together and its running statistics follow that mixture. In the generator step D is frozen in evaluation mode
-    (running statistics, no weight gradients): real and fake features are computed the same way, and only the
-    fakes need a backward pass. Without a generator (and without unlabelled data) this is plain supervised training
-    of the segmenter with the same data and schedule.
+    ``unlabeled_data_loader`` (cycled independently). The MRI-GAN generator (``generator.conditional``) renders the
+    tissue maps of the labelled patches, each flipped left-right at random (``flip_maps``), in the appearance of the
+    unlabelled patches; the Standard-GAN generator maps noise to patches. The generated patches serve the
+    discriminator in two ways, each with its own weight in ``d_loss_function``:
 
-    For the first ``warmup_iterations`` the discriminator learns from labelled patches only, while the generator
-    already trains against it. On an untrained D the unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever
-    class D already predicts, so grey matter never emerges, and the fake term pushes down the class that the
-    contrast-less early fakes resemble on real data too (measurements in docs/README.md).
+    - **tissue transfer** (``synthetic`` term): the labelled loss of D on the generated patch against the map it
+      carries, i.e. synthetic labelled examples in the unlabelled subjects' appearance (Zhao et al. 2019, SynthSeg);
+    - **the K+1 fake class** (``fake`` term, paper eq. 5), with the unlabelled term (eq. 4) on real patches.
+
+    Batch norm sees real patches only: D's running statistics come from one pass over the labelled and unlabelled
+    patches; the generated patches go through a second pass whose running-statistics update is undone. For the
+    first ``warmup_iterations`` D learns from labelled patches only, while the generator already trains against it;
+    then the unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
+    unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already predicts, so grey matter never
+    emerges (measurements in docs/README.md). In the generator step D is frozen in evaluation mode (running
+    statistics, no weight gradients); one no-grad pass gives the real features and D's tissue probabilities on the
+    source patches, and only the fakes need a backward pass.
+
+    Without a generator (and without unlabelled data) this is plain supervised training of the segmenter with the
+    same data and schedule.
 
     A non-finite loss skips that step's update (D's batch-norm statistics included) and is counted in
     ``engine.state.nonfinite_steps``, with the non-finite terms in the log; ``max_nonfinite``
@@ -67,7 +74,9 @@ class SemiSupervisedGanTrainer(Trainer):
         d_optimizer / g_optimizer: optimisers of D and G.
         d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``.
         feature_layer: key of ``forward_features`` matched by the generator (``"last"`` or ``"bottleneck"``).
-        warmup_iterations: iterations before the discriminator's unlabelled and fake terms are switched on.
+        warmup_iterations: iterations before the discriminator's unlabelled, fake and synthetic terms start.
+        rampup_iterations: iterations over which those terms then grow linearly to their full weight.
+        flip_maps: flip each generating tissue map left-right with probability 0.5 (MRI-GAN).
         num_classes: tissue classes K.
         amp: mixed precision (CUDA), with one gradient scaler per network.
         Other arguments are those of ``monai.engines.Trainer``.
@@ -87,6 +96,8 @@ class SemiSupervisedGanTrainer(Trainer):
         unlabeled_data_loader: Iterable | None = None,
         feature_layer: str = "last",
         warmup_iterations: int = 0,
+        rampup_iterations: int = 0,
+        flip_maps: bool = True,
         num_classes: int = 4,
         max_nonfinite: int = 20,
         epoch_length: int | None = None,
@@ -122,7 +133,8 @@ class SemiSupervisedGanTrainer(Trainer):
         self.unlabeled_data_loader = unlabeled_data_loader
         self._unlabeled_iter: Iterator | None = None
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
-        self.warmup_iterations = int(warmup_iterations)
+        self.warmup_iterations, self.rampup_iterations = int(warmup_iterations), int(rampup_iterations)
+        self.flip_maps = bool(flip_maps)
         # bfloat16 where the GPU has it (float32's range: no overflow, no loss scaling), else float16 with scalers
         self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         scale = amp and self.amp_dtype == torch.float16
@@ -145,14 +157,34 @@ class SemiSupervisedGanTrainer(Trainer):
             batch = next(self._unlabeled_iter)
         return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]
 
-    def _generate(self, image: torch.Tensor, label: torch.Tensor, unlabeled: torch.Tensor | None):
-        """Fakes for this iteration (one per labelled patch) and the boundary logits (MRI-GAN only)."""
+    def gan_ramp(self, iteration: int) -> float:
+        """Weight factor of the unlabelled, fake and synthetic terms: 0 in the warm-up, then a linear ramp to 1."""
+        if iteration <= self.warmup_iterations:
+            return 0.0
+        if self.rampup_iterations <= 0:
+            return 1.0
+        return min(1.0, (iteration - self.warmup_iterations) / self.rampup_iterations)
+
+    def _target_maps(self, label: torch.Tensor) -> torch.Tensor:
+        """The tissue maps the generator renders: the labelled maps, each flipped left-right with probability 0.5."""
+        if not self.flip_maps:
+            return label
+        flip = torch.rand(label.shape[0], device=label.device) < 0.5
+        return torch.where(flip.view(-1, *([1] * (label.ndim - 1))), label.flip(2), label)
+
+    def _generate(self, target: torch.Tensor, unlabeled: torch.Tensor | None):
+        """Fakes for this iteration (one per labelled patch) and the boundary logits (MRI-GAN only); the MRI-GAN
+        renders ``target`` in the appearance of the unlabelled patches (mixing subjects across the batch)."""
         g = unwrap(self.generator)
         if g.conditional:
-            source = unlabeled[torch.arange(image.shape[0], device=unlabeled.device) % unlabeled.shape[0]]
-            return self.generator(source, tissue_onehot(label, self.num_classes))
-        noise = torch.randn(image.shape[0], g.noise_dim, device=image.device)
+            return self.generator(self._sources(unlabeled, target.shape[0]), tissue_onehot(target, self.num_classes))
+        noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
         return self.generator(noise), None
+
+    @staticmethod
+    def _sources(unlabeled: torch.Tensor, n: int) -> torch.Tensor:
+        """The unlabelled patch each of ``n`` fakes takes its appearance from."""
+        return unlabeled[torch.arange(n, device=unlabeled.device) % unlabeled.shape[0]]
 
     def _finite(self, engine: SemiSupervisedGanTrainer, terms: dict[str, torch.Tensor], which: str) -> bool:
         if torch.isfinite(terms["total"]):
@@ -178,40 +210,47 @@ class SemiSupervisedGanTrainer(Trainer):
         unlabeled = self._next_unlabeled(engine) if self.unlabeled_data_loader is not None else None
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
-        fake = boundary_logits = None
+        fake = boundary_logits = target = None
         if self.generator is not None:
             self.generator.train()
+            target = self._target_maps(label) if unwrap(self.generator).conditional else label
             with self._autocast():
-                fake, boundary_logits = self._generate(image, label, unlabeled)
-            output["fake"] = fake.detach()
-        gan_terms = engine.state.iteration > self.warmup_iterations
-        unlabeled_d = unlabeled if gan_terms else None
-        fake_d = fake.detach() if gan_terms and fake is not None else None
-        parts = [t for t in (image, unlabeled_d, fake_d) if t is not None]
-        sizes = [t.shape[0] for t in parts]
+                fake, boundary_logits = self._generate(target, unlabeled)
+            output["fake"], output["fake_label"] = fake.detach(), target
+        ramp = self.gan_ramp(engine.state.iteration)
+        weights = self.d_loss_function.weights
+        unlabeled_d = unlabeled if ramp > 0 and weights.get("unlabelled") else None
+        generated_d = fake is not None and ramp > 0 and (weights.get("fake") or weights.get("synthetic"))
 
-        # discriminator step: labelled + unlabelled + (detached) fakes; batch-norm statistics are restored if skipped
+        # discriminator step. Running statistics: real patches only (the generated pass's update is undone);
+        # all of them are restored when the step is skipped
         buffers = [(b, b.clone()) for b in unwrap(self.network).buffers()]
         self.d_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            logits = self.network(torch.cat(parts))
-            split = list(torch.split(logits, sizes))
+            real = image if unlabeled_d is None else torch.cat([image, unlabeled_d])
+            logits = self.network(real)
+            generated_logits = real_stats = None
+            if generated_d:
+                real_stats = [b.clone() for b, _ in buffers]
+                generated_logits = unwrap(self.network)(fake.detach())  # one DDP forward per backward
+            split = torch.split(logits, [image.shape[0], real.shape[0] - image.shape[0]])  # MetaTensor-safe
             d_terms = self.d_loss_function(
-                split[0], label, split[1] if unlabeled_d is not None else None, split[-1] if fake_d is not None else None
-            )
+                split[0], label, unlabelled_logits=split[1] if unlabeled_d is not None else None,
+                generated_logits=generated_logits, generated_label=target, scale=ramp,
+            )  # fmt: skip
         output[Keys.PRED] = split[0].detach()
         d_ok = self._finite(engine, d_terms, "discriminator")
         if d_ok:
             self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
-        else:
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+        for (buffer, before), real_only in zip(buffers, real_stats or [None] * len(buffers)):
+            if not d_ok or real_only is not None:  # after the backward pass, which needs the buffers unchanged
+                buffer.copy_(before if not d_ok else real_only)
         output[Keys.LOSS] = d_terms["total"].detach()
         output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
 
         g_ok = True
         if self.generator is not None:
-            g_ok = self._generator_step(engine, output, image, label, unlabeled, fake, boundary_logits)
+            g_ok = self._generator_step(engine, output, image, label, target, unlabeled, fake, boundary_logits)
 
         self._consecutive_nonfinite = 0 if d_ok and g_ok else self._consecutive_nonfinite + 1
         if self._consecutive_nonfinite >= self.max_nonfinite:
@@ -222,24 +261,39 @@ class SemiSupervisedGanTrainer(Trainer):
         engine.state.output = [output]
         return [output]
 
-    def _generator_step(self, engine, output, image, label, unlabeled, fake, boundary_logits) -> bool:
-        """Update G against the frozen D; class-wise matching (conditional G) uses the labelled patches' maps."""
-        class_wise = unwrap(self.generator).conditional
-        real = image if class_wise or unlabeled is None else torch.cat([image, unlabeled])
+    def _generator_step(self, engine, output, image, label, target, unlabeled, fake, boundary_logits) -> bool:
+        """Update G against the frozen D.
+
+        The MRI-GAN generator's terms (scripts.losses.GeneratorLoss): class-wise feature matching of the fakes
+        (masks: their maps) against the labelled patches (masks: their labels), D's labelled loss on the fakes
+        against their maps, the source patches' class-wise intensity statistics (classes: D's probabilities),
+        boundary and reconstruction. The Standard-GAN generator matches all real patches' mean features.
+        """
+        conditional = unwrap(self.generator).conditional
+        n = image.shape[0]
+        sources = self._sources(unlabeled, n) if conditional else None
+        real = image if conditional or unlabeled is None else torch.cat([image, unlabeled])
+        loss = self.g_loss_function
         self.g_optimizer.zero_grad(set_to_none=True)
         # the frozen D gets no gradients, so it runs outside its DDP wrapper, which only exposes ``forward``;
         # G's gradients flow through it into G's own wrapper, which averages them across processes
         discriminator = unwrap(self.network)
         with frozen(self.network), self._autocast():
             with torch.no_grad():
-                real_features = discriminator.forward_features(real)[1][self.feature_layer]
+                seen = real if sources is None else torch.cat([real, sources])
+                seen_logits, seen_features = discriminator.forward_features(seen)
+                sizes = [real.shape[0], seen.shape[0] - real.shape[0]]
+                real_features = torch.split(seen_features[self.feature_layer], sizes)[0]
+                source_probs = None if sources is None else torch.softmax(torch.split(seen_logits, sizes)[1].float(), 1)
             fake_logits, fake_features = discriminator.forward_features(fake)
             reconstruction = None
-            if class_wise and self.g_loss_function.weights.get("reconstruction"):
+            if conditional and loss.weights.get("reconstruction"):
                 reconstruction = self.generator(image, tissue_onehot(label, self.num_classes))[0]
-            g_terms = self.g_loss_function(
-                real_features, fake_features[self.feature_layer], fake_logits, label=label if class_wise else None,
-                boundary_logits=boundary_logits, reconstruction=reconstruction, source=image,
+            g_terms = loss(
+                real_features, fake_features[self.feature_layer], fake_logits,
+                label=label if conditional else None, fake_label=target if conditional else None,
+                boundary_logits=boundary_logits, reconstruction=reconstruction, reconstruction_target=image,
+                fake=fake, source=sources, source_probs=source_probs,
             )  # fmt: skip
         ok = self._finite(engine, g_terms, "generator")
         if ok:

@@ -42,15 +42,28 @@ class LossProgressBar(ProgressBar):
 class FinalValidation(ValidationHandler):
     """MONAI's ``ValidationHandler`` (every ``interval`` epochs) that also validates after the last epoch when the
     run's length is not a multiple of ``interval``, so that every run measures, and saves as best, its final
-    weights (MONAI Label's training runs are often a few epochs long)."""
+    weights (MONAI Label's training runs are often a few epochs long).
+
+    ``start_iteration``: no validation (so no best checkpoint) until the trainer has passed that iteration, except
+    the final one. A GAN run sets it to the end of its labelled-only warm-up, so that its saved model is one that
+    trained with the GAN's terms, not a supervised model from the warm-up.
+    """
+
+    def __init__(self, *args, start_iteration: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_iteration = int(start_iteration)
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
         engine.add_event_handler(Events.COMPLETED, self._after_last_epoch)
 
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.iteration > self.start_iteration:
+            super().__call__(engine)
+
     def _after_last_epoch(self, engine: Engine) -> None:
-        if engine.state.epoch % self.interval:
-            self(engine)
+        if engine.state.epoch % self.interval or engine.state.iteration <= self.start_iteration:
+            super().__call__(engine)
 
 
 class GanImageHandler:

@@ -78,12 +78,14 @@ def fake_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 class DiscriminatorLoss(nn.Module):
-    """Semi-supervised GAN discriminator loss (paper eq. 2): a_lab*l_lab + a_unlab*l_unlab + a_fake*l_fake.
+    """Semi-supervised GAN discriminator loss (paper eq. 2) with tissue transfer:
+    a_lab*l_lab + s*(a_unlab*l_unlab + a_fake*l_fake + a_syn*l_syn).
 
-    Defaults are the paper's weights 1.0 / 1.0 / 2.0 (Mondal et al.'s code used 1.0 / 0.5 / 0.5). ``labelled`` is the
-    labelled-voxel loss (cross-entropy, optionally with a Dice term). A term whose logits are ``None`` is left out
-    (no unlabelled data, or no generator: plain supervised training). Returns the total and each term, so that
-    handlers can log them.
+    ``labelled`` is the labelled-voxel loss (cross-entropy, optionally with a Dice term); ``l_syn`` is the same loss on
+    generated patches against the tissue maps they were generated from (tissue transfer as labelled data); ``s`` is
+    the trainer's ramp factor (``scale``). The paper's weights are 1.0 / 1.0 / 2.0 / 0 (Mondal et al.'s code:
+    1.0 / 0.5 / 0.5 / 0). A term whose logits are ``None`` or whose weight is 0 is left out. Returns the total and
+    each term, so that handlers can log them.
     """
 
     def __init__(
@@ -92,24 +94,34 @@ class DiscriminatorLoss(nn.Module):
         labelled_weight: float = 1.0,
         unlabelled_weight: float = 1.0,
         fake_weight: float = 2.0,
+        synthetic_weight: float = 0.0,
     ):
         super().__init__()
         self.labelled = labelled if labelled is not None else LabelledCrossEntropy()
-        self.weights = {"labelled": float(labelled_weight), "unlabelled": float(unlabelled_weight), "fake": float(fake_weight)}
+        self.weights = {
+            "labelled": float(labelled_weight), "unlabelled": float(unlabelled_weight), "fake": float(fake_weight),
+            "synthetic": float(synthetic_weight),
+        }  # fmt: skip
 
     def forward(
         self,
         labelled_logits: torch.Tensor,
         label: torch.Tensor,
         unlabelled_logits: torch.Tensor | None = None,
-        fake_logits: torch.Tensor | None = None,
+        generated_logits: torch.Tensor | None = None,
+        generated_label: torch.Tensor | None = None,
+        scale: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         terms = {"labelled": self.labelled(labelled_logits, label)}
-        if unlabelled_logits is not None:
+        if unlabelled_logits is not None and self.weights["unlabelled"]:
             terms["unlabelled"] = unlabelled_loss(unlabelled_logits)
-        if fake_logits is not None:
-            terms["fake"] = fake_loss(fake_logits)
-        terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
+        if generated_logits is not None and self.weights["fake"]:
+            terms["fake"] = fake_loss(generated_logits)
+        if generated_logits is not None and generated_label is not None and self.weights["synthetic"]:
+            terms["synthetic"] = self.labelled(generated_logits, generated_label)
+        terms["total"] = sum(
+            self.weights[name] * (1.0 if name == "labelled" else scale) * value for name, value in terms.items()
+        )
         return terms
 
 
@@ -127,16 +139,33 @@ def class_feature_means(features: torch.Tensor, label: torch.Tensor, num_classes
     return sums / mass.clamp_min(1e-6)[:, None], mass > 0
 
 
+def class_intensity_statistics(image: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per sample, class and channel: weighted mean and standard deviation of ``image`` (B, C, *spatial) under the
+    class weights (B, K, *spatial), and the class mass (B, K) in voxels."""
+    image, weights = image.float(), weights.float()
+    mass = weights.sum(dim=(2, 3, 4))
+    norm = mass.clamp_min(1e-6)[..., None]
+    mean = torch.einsum("bk...,bc...->bkc", weights, image) / norm
+    square = torch.einsum("bk...,bc...->bkc", weights, image * image) / norm
+    return mean, torch.sqrt((square - mean * mean).clamp_min(0) + 1e-6), mass
+
+
 class GeneratorLoss(nn.Module):
-    """Generator loss (DESIGN.md section 2; the paper's eqs. 7-8 as we read them). Each term has a weight:
+    """Generator loss (DESIGN.md section 2; the paper's eqs. 7-8 as we read them, plus tissue transfer). Each term has
+    a weight (0 skips it):
 
     - feature matching: mean over channels of ``(E f(x_real) - E f(G))^2`` on a discriminator layer. With
-      ``class_wise`` and a tissue map, the expectations are taken per tissue class (real labelled patches and the
-      fakes generated from their tissue maps share the masks) and averaged over the classes present; otherwise over
-      all voxels of the batch (Salimans et al., Mondal et al.);
+      ``class_wise`` and tissue maps, the expectations are taken per tissue class (real labelled patches under their
+      labels, fakes under the maps they were generated from) and averaged over the classes present in both;
+      otherwise over all voxels of the batch (Salimans et al., Mondal et al.);
     - adversarial: non-saturating ``-log D(G) = softplus(-log Z(G))``;
+    - segmentation: ``segmentation`` (D's labelled loss) of the fakes against their maps: G must carry its map so
+      that the segmenter reads it back;
+    - appearance: per fake and class of its map, the squared differences of the mean and standard deviation of its
+      intensities (per channel) from those of its source patch under D's tissue probabilities, for classes with at
+      least ``min_voxels`` voxels in both: the fake takes the source subject's contrast;
     - boundary: binary cross-entropy of the generator's boundary logits against the tissue boundaries of the map;
-    - reconstruction: L1 between ``G(x, y_x)`` and ``x`` when the trainer passes them (weight 0 skips it).
+    - reconstruction: L1 between ``G(x, y_x)`` and ``x`` when the trainer passes them.
 
     Returns the weighted total and each term computed.
     """
@@ -147,30 +176,54 @@ class GeneratorLoss(nn.Module):
         adversarial_weight: float = 0.1,
         boundary_weight: float = 1.0,
         reconstruction_weight: float = 0.0,
+        segmentation_weight: float = 0.0,
+        appearance_weight: float = 0.0,
+        segmentation: nn.Module | None = None,
         class_wise: bool = True,
         num_classes: int = 4,
+        min_voxels: float = 20.0,
     ):
         super().__init__()
         self.weights = {
             "feature_matching": float(feature_matching_weight),
             "adversarial": float(adversarial_weight),
+            "segmentation": float(segmentation_weight),
+            "appearance": float(appearance_weight),
             "boundary": float(boundary_weight),
             "reconstruction": float(reconstruction_weight),
         }
+        self.segmentation = segmentation if segmentation is not None else LabelledCrossEntropy()
         self.class_wise = class_wise
         self.num_classes = num_classes
+        self.min_voxels = float(min_voxels)
 
     def feature_matching(
-        self, real_features: torch.Tensor, fake_features: torch.Tensor, label: torch.Tensor | None = None
+        self,
+        real_features: torch.Tensor,
+        fake_features: torch.Tensor,
+        label: torch.Tensor | None = None,
+        fake_label: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Squared distance of mean features, per class when ``class_wise`` and ``label`` are given."""
+        """Squared distance of mean features, per class when ``class_wise`` and ``label`` are given (the fakes'
+        classes from ``fake_label``, default ``label``)."""
         real_features = real_features.detach()
         if self.class_wise and label is not None:
-            real, present = class_feature_means(real_features, label, self.num_classes)
-            fake, _ = class_feature_means(fake_features, label, self.num_classes)
-            return ((real - fake) ** 2).mean(dim=1)[present].mean()
+            fake_label = label if fake_label is None else fake_label
+            real, real_present = class_feature_means(real_features, label, self.num_classes)
+            fake, fake_present = class_feature_means(fake_features, fake_label, self.num_classes)
+            return ((real - fake) ** 2).mean(dim=1)[real_present & fake_present].mean()
         dims = (0, *range(2, real_features.ndim))
         return ((real_features.float().mean(dim=dims) - fake_features.float().mean(dim=dims)) ** 2).mean()
+
+    def appearance(self, fake: torch.Tensor, fake_label: torch.Tensor, source: torch.Tensor, source_probs: torch.Tensor):
+        """Class-wise intensity statistics of the fakes against their sources (see the class docstring)."""
+        fake_mean, fake_std, fake_mass = class_intensity_statistics(fake, tissue_onehot(fake_label, self.num_classes))
+        src_mean, src_std, src_mass = class_intensity_statistics(source, source_probs.detach())
+        present = (fake_mass >= self.min_voxels) & (src_mass >= self.min_voxels)
+        if not present.any():
+            return fake.sum() * 0.0
+        error = ((fake_mean - src_mean) ** 2 + (fake_std - src_std) ** 2).mean(dim=2)
+        return error[present].mean()
 
     def forward(
         self,
@@ -178,18 +231,29 @@ class GeneratorLoss(nn.Module):
         fake_features: torch.Tensor,
         fake_logits: torch.Tensor,
         label: torch.Tensor | None = None,
+        fake_label: torch.Tensor | None = None,
         boundary_logits: torch.Tensor | None = None,
         reconstruction: torch.Tensor | None = None,
+        reconstruction_target: torch.Tensor | None = None,
+        fake: torch.Tensor | None = None,
         source: torch.Tensor | None = None,
+        source_probs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``label``: tissue map the fakes were generated from (and of the real features when class-wise)."""
-        terms = {"feature_matching": self.feature_matching(real_features, fake_features, label)}
+        """``label``: tissue map of the real features (class-wise matching); ``fake_label``: the map the fakes were
+        generated from (default ``label``); ``fake``, ``source``, ``source_probs``: the fakes, their source patches and
+        D's tissue probabilities on them (appearance term)."""
+        fake_label = label if fake_label is None else fake_label
+        terms = {"feature_matching": self.feature_matching(real_features, fake_features, label, fake_label)}
         if self.weights["adversarial"]:
             terms["adversarial"] = unlabelled_loss(fake_logits)
-        if self.weights["boundary"] and boundary_logits is not None and label is not None:
-            target = tissue_boundaries(label, self.num_classes)
+        if self.weights["segmentation"] and fake_label is not None:
+            terms["segmentation"] = self.segmentation(fake_logits, fake_label)
+        if self.weights["appearance"] and fake is not None and source is not None and source_probs is not None:
+            terms["appearance"] = self.appearance(fake, fake_label, source, source_probs)
+        if self.weights["boundary"] and boundary_logits is not None and fake_label is not None:
+            target = tissue_boundaries(fake_label, self.num_classes)
             terms["boundary"] = nn.functional.binary_cross_entropy_with_logits(boundary_logits.float(), target)
-        if self.weights["reconstruction"] and reconstruction is not None and source is not None:
-            terms["reconstruction"] = nn.functional.l1_loss(reconstruction.float(), source.float())
+        if self.weights["reconstruction"] and reconstruction is not None and reconstruction_target is not None:
+            terms["reconstruction"] = nn.functional.l1_loss(reconstruction.float(), reconstruction_target.float())
         terms["total"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms

@@ -9,9 +9,15 @@ tissue boundaries are thresholded at full resolution. Intensities follow SynthSe
 modality around preset means, a smooth intensity modulation of WM (myelination), a multiplicative bias field,
 partial-volume blur with random per-axis resolution, Rician noise, and a background of exactly 0.
 
+``cohort=True`` (infant preset only) makes subjects differ like a 0-12 month cohort: an age drives the WM contrast
+from neonatal (WM darker than GM in T1, brighter in T2) through isointense to adult-like, and scanner (scale, noise,
+bias, slice thickness) and anatomy (size, ventricles, cortex, sulci) vary over wider ranges. Cohort parameters come
+from their own generator, so the default subjects stay exactly as they are.
+
 CLI (from the bundle root)::
 
     python -m scripts.phantom iseg --out_dir data/iseg --num_labeled 2 --num_unlabeled 1 --shape "[64,64,64]"
+    python -m scripts.phantom iseg --out_dir data/iseg_cohort --num_labeled 2 --num_unlabeled 6 --cohort
     python -m scripts.phantom mrbrains13 --out_dir data/mrbrains13
     python -m scripts.phantom subject --out_dir /tmp/subject --preset adult --seed 3
 """
@@ -52,6 +58,9 @@ _MEAN_INTENSITY = {
 }
 # Largest pull of WM towards cortical GM intensity by the smooth modulation field (unmyelinated WM in infants).
 _WM_MODULATION = {"infant": 0.4, "adult": 0.2}
+# Cohort: T1 and T2 WM/GM mean ratios at age 0 (neonatal) and 1 (~12 months); about isointense at age 0.4.
+_COHORT_WM_RATIO = {"t1": (0.72, 1.42), "t2": (1.20, 0.70)}
+_COHORT_CSF_RATIO = {"t1": (0.3, 0.6), "t2": (1.3, 2.0)}  # range of the CSF/GM mean ratio
 
 # Inner structures as (centre, semi-axes) in fractions of the brain semi-axes (LR, PA, IS); nuclei are mirrored.
 _DEEP_GM_NUCLEI = (((0.30, 0.05, -0.05), (0.09, 0.20, 0.15)),  # lentiform nucleus
@@ -66,34 +75,43 @@ _STAGING = ".phantom-staging"
 _FORMAT_VERSION = 1
 
 
-def make_subject(shape=(144, 192, 256), preset="infant", seed=0, spacing=(1.0, 1.0, 1.0)) -> dict:
+def make_subject(shape=(144, 192, 256), preset="infant", seed=0, spacing=(1.0, 1.0, 1.0), cohort=False) -> dict:
     """Draw one phantom subject.
 
     Returns ``{"images": {modality: float32 array of shape}, "label": uint8 (0 bg, 1 CSF, 2 GM, 3 WM),
     "structures": uint8 MRBrainS13 codes (0 bg, 1 cortical GM, 2 basal ganglia, 3 WM, 4 WM lesions,
     5 extracerebral CSF, 6 ventricles, 7 cerebellum, 8 brainstem)}``. Modalities are ``PRESETS[preset]``;
     axis 0 runs left-right, axis 1 posterior-anterior, axis 2 inferior-superior; ``spacing`` is in mm.
-    The same arguments give identical arrays.
+    The same arguments give identical arrays. ``cohort=True`` (infant only) draws a subject of a varied infant
+    cohort (see ``_draw_cohort``) and adds its parameters as ``"cohort"``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if cohort and preset != "infant":
+        raise ValueError("cohort=True needs the infant preset")
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
     rng = np.random.default_rng(seed)
-    structures = _draw_structures(rng, shape, spacing, preset)
-    images = _synthesize_images(rng, structures, spacing, preset)
-    return {"images": images, "label": _STRUCTURE_TO_TISSUE[structures], "structures": structures}
+    parameters = _draw_cohort(seed) if cohort else None
+    structures = _draw_structures(rng, shape, spacing, preset, parameters)
+    images = _synthesize_images(rng, structures, spacing, preset, parameters)
+    subject = {"images": images, "label": _STRUCTURE_TO_TISSUE[structures], "structures": structures}
+    if cohort:
+        subject["cohort"] = parameters
+    return subject
 
 
-def write_iseg(out_dir, num_labeled=10, num_unlabeled=13, shape=(144, 192, 256), seed=0) -> list[str]:
+def write_iseg(out_dir, num_labeled=10, num_unlabeled=13, shape=(144, 192, 256), seed=0, cohort=False) -> list[str]:
     """Write infant phantoms in the iSEG-2017 layout and return the subject ids (``subject-N``).
 
     Files: ``subject-N-T1.hdr/.img`` and ``subject-N-T2.hdr/.img`` (Analyze 7.5, int16, background 0, 1 mm) for
     N in 1..num_labeled+num_unlabeled, and ``subject-N-label.hdr/.img`` (uint8, 0/10/150/250) for N <= num_labeled.
-    Idempotent and safe, like ``write_dataset``.
+    ``cohort=True`` draws a varied infant cohort (``make_subject``). Idempotent and safe, like ``write_dataset``.
     """
     arguments = {"num_labeled": int(num_labeled), "num_unlabeled": int(num_unlabeled),
                  "shape": [int(n) for n in shape], "seed": int(seed)}
+    if cohort:  # recorded only when set, so default markers stay as they were
+        arguments["cohort"] = True
     return _write_once(out_dir, "iseg", arguments, lambda staging: _write_iseg_files(staging, **arguments))
 
 
@@ -112,7 +130,8 @@ def write_mrbrains13(out_dir, num_labeled=5, num_unlabeled=15, shape=(240, 240, 
 
 
 def write_dataset(out_dir, layout="iseg", **kwargs) -> list[str]:
-    """Write a phantom dataset with ``layout`` "iseg" (``write_iseg``) or "mrbrains13" (``write_mrbrains13``).
+    """Write a phantom dataset with ``layout`` "iseg" (``write_iseg``, ``cohort`` too) or "mrbrains13"
+    (``write_mrbrains13``).
 
     ``out_dir/phantom.json`` records the arguments: a complete dataset written with the same arguments is kept as
     it is (nothing is rewritten), a phantom dataset with other arguments is replaced, and a non-empty folder without
@@ -128,14 +147,15 @@ def write_dataset(out_dir, layout="iseg", **kwargs) -> list[str]:
 # Anatomy
 
 
-def _draw_structures(rng, shape, spacing, preset):
-    """Structure-code map (uint8, MRBrainS13 codes) of one random brain on the voxel grid."""
+def _draw_structures(rng, shape, spacing, preset, cohort=None):
+    """Structure-code map (uint8, MRBrainS13 codes) of one random brain on the voxel grid; ``cohort``: parameters
+    of ``_draw_cohort`` or None."""
     extent = _extent_mm(shape, spacing)
     coarse_shape = tuple(min(n, int(np.ceil(e / _COARSE_MM)) + 1) for n, e in zip(shape, extent))
     room = np.maximum(extent / 2 - 6.0, extent / 4)  # keep >= 6 mm for the CSF shell and the deformation
-    semi_axes = room * rng.uniform(0.80, 0.88, 3)
+    semi_axes = room * (rng.uniform(0.80, 0.88, 3) if cohort is None else np.array(cohort["size"]))
     q = _template_coordinates(rng, coarse_shape, extent, semi_axes.min())
-    fields, widths = _anatomy_fields(rng, q, semi_axes, extent, preset == "adult")
+    fields, widths = _anatomy_fields(rng, q, semi_axes, extent, preset == "adult", cohort)
     return _threshold_fields({name: _resize_linear(field, shape) for name, field in fields.items()}, widths)
 
 
@@ -166,11 +186,12 @@ def _rotation_matrix(angles):
     return rotation
 
 
-def _anatomy_fields(rng, q, brain_axes, extent, adult):
+def _anatomy_fields(rng, q, brain_axes, extent, adult, cohort=None):
     """Smooth coarse fields (mm) and CSF cleft half-widths (mm) whose thresholds define the structures.
 
     ``q``: template coordinates of the coarse grid; ``brain_axes``: semi-axes of the pial envelope; ``extent``: grid
-    size (mm). Positions and sizes of inner structures are fractions of ``brain_axes``.
+    size (mm). Positions and sizes of inner structures are fractions of ``brain_axes``. ``cohort``: parameters of
+    ``_draw_cohort`` (sulcal depth, cortical thickness, ventricle scale) or None.
     """
     coarse_shape = q.shape[1:]
     steps = [e / max(n - 1, 1) for e, n in zip(extent, coarse_shape)]
@@ -180,16 +201,22 @@ def _anatomy_fields(rng, q, brain_axes, extent, adult):
 
     depth = -_ellipsoid_distance(q, (0, 0, 0), brain_axes)  # below the pial envelope
     shell = varying(rng.uniform(2.5, 5.0) if adult else rng.uniform(2.0, 4.5), 0.4, 0.8)
-    sulcus_depth = varying(rng.uniform(14.0, 24.0) if adult else rng.uniform(12.0, 20.0), 0.4, 3.0)
-    ventricle, ventricle_centres, ventricle_semi_axes, curvature = _ventricles(rng, q, brain_axes, adult)
+    if cohort is None:
+        sulcus_depth = varying(rng.uniform(14.0, 24.0) if adult else rng.uniform(12.0, 20.0), 0.4, 3.0)
+    else:
+        sulcus_depth = varying(cohort["sulcus_depth"], 0.5, 3.0)
+    ventricle_scale = 1.0 if cohort is None else cohort["ventricle_scale"]
+    ventricle, ventricle_centres, ventricle_semi_axes, curvature = _ventricles(rng, q, brain_axes, adult,
+                                                                               ventricle_scale)
     fields = {
         "depth": depth,
         "skull_depth": depth + shell,
-        "sulcus_offset": _sulcus_offset(rng, q, brain_axes, steps),
+        "sulcus_offset": _sulcus_offset(rng, q, brain_axes, steps, cohort and (cohort["fold_seed"], extent)),
         "below_sulcus": depth - sulcus_depth,
         "midline_offset": q[0] - brain_axes[0] * rng.uniform(-0.02, 0.02),
         "below_fissure": depth - rng.uniform(0.35, 0.5) * brain_axes.min(),
-        "thickness": varying(rng.uniform(2.4, 3.2) if adult else rng.uniform(2.4, 3.4), 0.25, 1.5),
+        "thickness": varying(cohort["thickness"] if cohort else rng.uniform(2.4, 3.2) if adult
+                             else rng.uniform(2.4, 3.4), 0.25, 1.5),
         "deep_gm": _deep_gm_distance(rng, q, brain_axes),
         "ventricle": ventricle,
     }
@@ -212,15 +239,23 @@ def _ellipsoid_distance(q, centre, semi_axes):
     return (radius - 1) * radius / np.maximum(gradient, 1e-6)
 
 
-def _sulcus_offset(rng, q, brain_axes, steps):
+def _sulcus_offset(rng, q, brain_axes, steps, folding=None):
     """Signed distance (mm) to the sulcal sheets: zero set of band-limited noise over the directions from the centre.
 
     The noise is a sum of random plane waves evaluated at the point of the pial envelope above each voxel, so the
     sheets stand radially, cut the cortex from the surface inwards and lie about half a wavelength apart.
-    ``steps``: coarse grid spacing (mm) for the gradient that turns noise values into distances.
+    ``steps``: coarse grid spacing (mm) for the gradient that turns noise values into distances. ``folding``:
+    (seed, extent) or None; then the sampling point drifts with depth along a smooth random field, so the sheets
+    tilt and curve (folded gyri rather than radial spokes).
     """
     radius = np.sqrt(sum((q[k] / brain_axes[k]) ** 2 for k in range(3)))
     surface_point = q / np.maximum(radius, 1e-3)
+    if folding:
+        seed, extent = folding
+        fold_rng = np.random.default_rng(seed)
+        depth = np.maximum(1 - radius, 0) * float(np.mean(brain_axes))  # about mm below the envelope
+        drift = np.stack([_smooth_noise(fold_rng, q.shape[1:], extent, 20.0) for _ in range(3)])
+        surface_point = surface_point + fold_rng.uniform(0.3, 0.7) * depth * drift
     wavelength = rng.uniform(15.0, 20.0)
     directions = rng.standard_normal((48, 3))
     waves = directions / np.linalg.norm(directions, axis=1, keepdims=True) * (2 * np.pi / wavelength)
@@ -250,11 +285,14 @@ def _deep_gm_distance(rng, q, brain_axes):
     return distance
 
 
-def _ventricles(rng, q, brain_axes, adult):
+def _ventricles(rng, q, brain_axes, adult, scale=1.0):
     """Distance to two lateral ventricles arched in the sagittal plane, with their centres, semi-axes (mm) and
-    arch curvature (SI drop in mm per squared AP mm)."""
+    arch curvature (SI drop in mm per squared AP mm). ``scale`` widens (LR, IS) and, by its square root, lengthens
+    them."""
     semi_axes = np.array([rng.uniform(0.06, 0.10) if adult else rng.uniform(0.035, 0.06),
                           rng.uniform(0.30, 0.40), rng.uniform(0.07, 0.11)]) * brain_axes
+    if scale != 1.0:
+        semi_axes *= (scale, np.sqrt(scale), scale)
     curvature = rng.uniform(0.6, 1.0) * brain_axes[2] / brain_axes[1] ** 2
     centres = [np.array([side * rng.uniform(0.08, 0.11), rng.uniform(-0.05, 0.05), rng.uniform(0.12, 0.18)])
                * brain_axes for side in (-1, 1)]
@@ -347,32 +385,86 @@ def _smooth_noise(rng, shape, extent, correlation_mm):
 # Intensities
 
 
-def _synthesize_images(rng, structures, spacing, preset):
-    """One float32 image per modality of the preset: Gaussian tissue intensities, WM modulation, bias, blur, noise."""
+def _synthesize_images(rng, structures, spacing, preset, cohort=None):
+    """One float32 image per modality of the preset: Gaussian tissue intensities, WM modulation, bias, blur, noise.
+
+    ``cohort``: parameters of ``_draw_cohort`` (tissue means, scanner) or None. There the modulation pulls WM towards
+    its neonatal (unmyelinated) intensity instead of towards cortical GM.
+    """
     shape = structures.shape
     extent = _extent_mm(shape, spacing)
     brain = structures > 0
     myelination = np.clip(0.5 + 0.5 * _smooth_noise(rng, shape, extent, 40.0), 0, 1)
     wm_pull = rng.uniform(0.2, 1.0) * _WM_MODULATION[preset]
     blur_sigma = rng.uniform(0.5, 1.0, 3)  # partial volume, voxels
-    if rng.random() < 0.5:  # resolution randomisation: one thick-slice axis
+    if cohort is not None and cohort["thick_axis"] is not None:
+        blur_sigma[cohort["thick_axis"]] = cohort["thick_sigma"]
+    elif cohort is None and rng.random() < 0.5:  # resolution randomisation: one thick-slice axis
         blur_sigma[rng.integers(3)] = rng.uniform(1.0, 1.8)
     images = {}
     for modality in PRESETS[preset]:
-        means = np.array(_MEAN_INTENSITY[preset][modality], np.float32)
-        means *= rng.uniform(0.85, 1.15) * (1 + 0.03 * rng.standard_normal(len(means))).astype(np.float32)
+        if cohort is None:
+            means = np.array(_MEAN_INTENSITY[preset][modality], np.float32)
+            means *= rng.uniform(0.85, 1.15) * (1 + 0.03 * rng.standard_normal(len(means))).astype(np.float32)
+        else:
+            means = np.array(cohort["means"][modality], np.float32)
+            means *= (1 + 0.03 * rng.standard_normal(len(means))).astype(np.float32)
         stds = means * rng.uniform(0.04, 0.10, len(means)).astype(np.float32)
         pull = np.zeros_like(means)
-        pull[_WM] = wm_pull * (means[_CORTEX] - means[_WM])
+        towards = means[_CORTEX] if cohort is None else cohort["neonatal_wm"][modality]
+        pull[_WM] = wm_pull * (towards - means[_WM])
         image = means[structures] + stds[structures] * rng.standard_normal(shape, np.float32)
         image += myelination * pull[structures]
-        image *= np.exp(rng.uniform(0.02, 0.08) * _smooth_noise(rng, shape, extent, 80.0))  # bias field
+        bias = rng.uniform(0.02, 0.08) if cohort is None else cohort["bias"]
+        image *= np.exp(bias * _smooth_noise(rng, shape, extent, 80.0))  # bias field
         image = ndimage.gaussian_filter(image, blur_sigma)
-        noise_std = rng.uniform(0.01, 0.04) * (means[_CORTEX] + means[_WM]) / 2
+        noise_std = (rng.uniform(0.01, 0.04) if cohort is None else cohort["noise"]) * (means[_CORTEX] + means[_WM]) / 2
         image = np.hypot(image + noise_std * rng.standard_normal(shape, np.float32),
                          noise_std * rng.standard_normal(shape, np.float32))
         images[modality] = np.where(brain, np.maximum(image, 1), 0).astype(np.float32)
     return images
+
+
+def _draw_cohort(seed):
+    """Parameters of cohort subject ``seed``, from their own generator (the default stream is left as it is).
+
+    Age a ~ U(0, 1) (birth to ~12 months) sets the WM/GM ratios (``_COHORT_WM_RATIO``, linear in a) and, loosely,
+    brain size; deep GM lies between GM and WM, CSF/GM ratios span ``_COHORT_CSF_RATIO``. Scanner: per-modality scale
+    0.5-2, noise 1-6 %, bias 2-20 %, and with probability 0.7 one thick-slice axis (blur 1-2.5 voxels). Anatomy:
+    ventricles x0.6-2, cortex 1.8-4 mm, sulci 8-26 mm deep and folded (``fold_seed``). Scale, bias and ventricles
+    are log-uniform. JSON-friendly values.
+    """
+    rng = np.random.default_rng([int(seed), 1])
+    age = float(rng.uniform(0, 1))
+    size = np.clip(0.74 + 0.12 * age + rng.normal(0, 0.03), 0.72, 0.90) * rng.uniform(0.97, 1.03, 3)
+    deep_fraction = rng.uniform(0.3, 0.7)
+    means, neonatal_wm = {}, {}
+    for modality in PRESETS["infant"]:
+        gm = _MEAN_INTENSITY["infant"][modality][_CORTEX] * np.exp(rng.uniform(-np.log(2), np.log(2)))
+        neonatal, grown = _COHORT_WM_RATIO[modality]
+        wm = gm * (neonatal + (grown - neonatal) * age)
+        csf = gm * rng.uniform(*_COHORT_CSF_RATIO[modality])
+        deep = gm + deep_fraction * (wm - gm)
+        means[modality] = [0.0, gm, deep, wm, wm, csf, csf, gm, wm]  # structure codes, see _MEAN_INTENSITY
+        neonatal_wm[modality] = gm * neonatal
+    fold_seed = int(rng.integers(2**31))
+    thick = rng.random() < 0.7
+    thick_axis, thick_sigma = int(rng.integers(3)), rng.uniform(1.0, 2.5)
+    parameters = {"age": age, "size": size.tolist(), "ventricle_scale": np.exp(rng.uniform(np.log(0.6), np.log(2.0))),
+                  "thickness": rng.uniform(1.8, 4.0), "sulcus_depth": rng.uniform(8.0, 26.0),
+                  "means": means, "neonatal_wm": neonatal_wm, "noise": rng.uniform(0.01, 0.06),
+                  "bias": np.exp(rng.uniform(np.log(0.02), np.log(0.20))), "thick_axis": thick_axis if thick else None,
+                  "thick_sigma": thick_sigma, "fold_seed": fold_seed}
+    return _to_builtin(parameters)
+
+
+def _to_builtin(value):
+    """``value`` with numpy scalars turned into Python numbers (recursively through dicts and lists)."""
+    if isinstance(value, dict):
+        return {key: _to_builtin(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_builtin(item) for item in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,11 +481,11 @@ def _to_int16(image):
     return np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
-def _write_iseg_files(folder, num_labeled, num_unlabeled, shape, seed):
+def _write_iseg_files(folder, num_labeled, num_unlabeled, shape, seed, cohort=False):
     """Write the iSEG-2017 files of all subjects into ``folder``; returns the subject ids."""
     ids = []
     for index in range(1, num_labeled + num_unlabeled + 1):
-        subject = make_subject(shape, "infant", _subject_seed(seed, index))
+        subject = make_subject(shape, "infant", _subject_seed(seed, index), cohort=cohort)
         name = f"subject-{index}"
         volumes = {"T1": _to_int16(subject["images"]["t1"]), "T2": _to_int16(subject["images"]["t2"])}
         if index <= num_labeled:
