@@ -168,3 +168,29 @@ def test_consecutive_non_finite_losses_stop_training():
 def test_mri_gan_needs_unlabelled_data():
     with pytest.raises(ValueError, match="unlabeled_data_loader"):
         _trainer("mri", unlabeled=False)
+
+
+def test_permuted_fake_maps_exchange_tissues_and_keep_background():
+    """Off-manifold fakes: the generator renders each map with its tissues (1..K-1) exchanged, background kept."""
+    trainer, _, _ = _trainer("mri", fake_maps="permuted")
+    seen = []
+    trainer._generate = lambda maps, unlabeled: (seen.append(maps) or torch.zeros(maps.shape[0], 2, *PATCH), None)
+    target = torch.tensor([0, 1, 2, 3, 255]).repeat(6, 1).view(6, 1, 5, 1, 1)
+    trainer._fake_class_patches(torch.ones(6, 2, 5, 1, 1), target, torch.zeros(1, 2, 5, 1, 1))
+    maps = seen[0].flatten(1)
+    assert (maps[:, 0] == 0).all() and (maps[:, 4] == 255).all()
+    assert all(sorted(m[1:4].tolist()) == [1, 2, 3] for m in maps)
+    with pytest.raises(ValueError, match="fake_maps"):
+        _trainer("mri", fake_maps="other")
+
+
+def test_random_warp_keeps_labels_and_moves_boundaries():
+    from scripts.gan_trainer import random_warp
+
+    torch.manual_seed(0)
+    label = torch.zeros(2, 1, 12, 12, 12, dtype=torch.long)
+    label[:, :, :, :, 6:] = 3
+    assert torch.equal(random_warp(label, 0.0), label)  # no displacement: identity (nearest, aligned corners)
+    warped = random_warp(label, 2.0)
+    assert warped.dtype == label.dtype and set(warped.unique().tolist()) <= {0, 3}
+    assert not torch.equal(warped, label) and (warped == label).float().mean() > 0.7

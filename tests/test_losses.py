@@ -147,12 +147,12 @@ def test_discriminator_synthetic_term_and_ramp_by_hand():
     label = torch.tensor([0, 1, 2, 3]).view(1, 1, 4, 1, 1)
     zeros = torch.zeros(1, 4, 4, 1, 1)
     loss = DiscriminatorLoss(unlabelled_weight=1.0, fake_weight=2.0, synthetic_weight=3.0)
-    terms = loss(zeros, label, zeros, zeros, generated_label=label, scale=0.5)
+    terms = loss(zeros, label, zeros, zeros, synthetic_logits=zeros, synthetic_label=label, scale=0.5)
     # uniform logits: CE log 4; unlabelled softplus(-log 4) = log(1.25); fake softplus(log 4) = log 5
     assert math.isclose(terms["synthetic"].item(), math.log(4), rel_tol=1e-6)
     expected = math.log(4) + 0.5 * (math.log(1.25) + 2 * math.log(5) + 3 * math.log(4))
     assert math.isclose(terms["total"].item(), expected, rel_tol=1e-6)
-    assert set(DiscriminatorLoss(fake_weight=0)(zeros, label, None, zeros, label)) == {"labelled", "total"}
+    assert set(DiscriminatorLoss(fake_weight=0)(zeros, label, None, zeros, zeros, label)) == {"labelled", "total"}
 
 
 def test_class_intensity_statistics_by_hand():

@@ -1,14 +1,20 @@
-"""The paper's comparison on phantom data: supervised, Standard-GAN and MRI-GAN at 1, 2 and 8 labelled subjects.
+"""The comparison on the phantom cohort: the plain UNet baseline, supervised, Standard-GAN, MRI-GAN as the paper trains
+it, MRI-GAN with tissue transfer (the default) and a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over
+several seeds.
 
-Every run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
-with the same data split, seed and number of iterations. Validation and test subjects are fixed (``num_test``);
-labelled subjects not used for training join the unlabelled ones. Run from the bundle root:
+Every bundle run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
+with the same data split, number of iterations and seed; only the training seed changes between repeats (the split is
+fixed by ``split_seed``). Validation and test subjects are fixed (``num_val``, ``num_test``); labelled subjects not used
+for training join the unlabelled ones. The plain baseline (``scripts.benchmark_plain_unet``) trains for the wall time
+the supervised run of the same setting and seed took (or ``plain_minutes`` when there is none yet). Run from the
+bundle root:
 
-    python -m scripts.benchmark_comparison run --profile cpu      # about 80 minutes on 2 quiet CPU cores
-    python -m scripts.benchmark_comparison run --profile gpu      # the default network and patches, longer
+    python -m scripts.benchmark_comparison run --profile cpu --labelled "[2,8]" --seeds "[0,1,2]"
+    python -m scripts.benchmark_comparison run --profile gpu
 
-Results are appended to ``<work_dir>/results.json`` as each run finishes (an interrupted benchmark resumes where it
-stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``.
+Results are appended to ``<work_dir>/<profile>/results.json`` as each run finishes (an interrupted benchmark resumes
+where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``
+(mean and standard deviation over seeds).
 """
 
 from __future__ import annotations
@@ -22,36 +28,44 @@ import time
 from pathlib import Path
 
 import fire
+import numpy as np
 
 from .atomic import write_json, write_text
 from .evaluation import TISSUES
 
-VARIANTS = {
+VARIANTS = {  # in run order: the plain baseline takes the supervised run's time
     "supervised": ["configs/supervised.yaml"],
+    "plain_unet": None,  # scripts.benchmark_plain_unet, not a bundle config
+    "mean_teacher": ["configs/mean_teacher.yaml"],
     "standard_gan": ["configs/standard_gan.yaml"],
+    "paper_gan": ["configs/paper_gan.yaml"],
     "mri_gan": [],
 }
-LABELS = {"supervised": "Supervised", "standard_gan": "Standard-GAN", "mri_gan": "MRI-GAN"}
+LABELS = {
+    "plain_unet": "Plain UNet (equal wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
+    "standard_gan": "Standard-GAN", "paper_gan": "MRI-GAN, paper's K+1 setting", "mri_gan": "MRI-GAN, tissue transfer",
+}  # fmt: skip
 PROFILES = {
-    # 600 iterations of 8 labelled + 8 unlabelled + 8 fake 24^3 patches with a half-width network
+    # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
     "cpu": {
-        "epochs": 60, "epoch_length": 10, "val_interval": 10, "batch_size": 1, "unlabeled_batch_size": 1,
+        "iterations": 600, "epoch_length": 50, "val_interval": 2, "batch_size": 1, "unlabeled_batch_size": 1,
         "samples_per_volume": 8, "patch_size": [24, 24, 24], "network_features": [8, 16, 32, 64],
         "generator_features": [8, 16, 32],
     },
     # 3000 iterations of the default configuration (network, patches, batches)
-    "gpu": {"epochs": 150, "epoch_length": 20, "val_interval": 15},
+    "gpu": {"iterations": 3000, "epoch_length": 100, "val_interval": 5},
 }  # fmt: skip
-COMMON = {"num_val": 2, "num_test": 2, "seed": 0, "num_workers": 2}
+# the phantom cohort (scripts.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
+PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
+COMMON = {"num_val": 2, "num_test": 4, "split_seed": 0, "num_workers": 2}
 
 
 def _overrides(values: dict) -> list[str]:
     return [a for k, v in values.items() for a in (f"--{k}", json.dumps(v))]
 
 
-def _bundle(bundle_root: Path, run_id: str, configs: list[str], args: list[str], log: Path) -> float:
-    """Run ``python -m monai.bundle run`` in the bundle root, logging to ``log``; return the wall time in seconds."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(configs), *args]
+def _command(bundle_root: Path, cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` in the bundle root, logging to ``log``; return the wall time in seconds."""
     env = dict(os.environ, PYTHONPATH=str(bundle_root))
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -59,113 +73,149 @@ def _bundle(bundle_root: Path, run_id: str, configs: list[str], args: list[str],
         f.flush()
         proc = subprocess.run(cmd, cwd=bundle_root, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode:
-        raise RuntimeError(f"{run_id} failed (exit {proc.returncode}); see {log}")
+        raise RuntimeError(f"{cmd[2:5]} failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - start
+
+
+def _bundle(bundle_root: Path, run_id: str, configs: list[str], args: list[str], log: Path) -> float:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(configs), *args]
+    return _command(bundle_root, cmd, log)
+
+
+def _run_bundle(bundle_root, run_dir, variant, settings, n, seed) -> dict:
+    configs = ["configs/train.yaml", *VARIANTS[variant]]
+    args = _overrides({**settings, "num_labeled": n, "seed": seed, "output_dir": str(run_dir / "runs"),
+                       "ckpt_dir": str(run_dir / "models")})  # fmt: skip
+    train_s = _bundle(bundle_root, "training", configs, args, run_dir / "train.log")
+    _bundle(bundle_root, "evaluating", [*configs, "configs/evaluate.yaml"],
+            [*args, "--eval_dir", json.dumps(str(run_dir / "eval"))], run_dir / "eval.log")  # fmt: skip
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    return {
+        "train_seconds": round(train_s, 1), "best_iteration": best_iteration(run_dir / "train.log", settings["epoch_length"]),
+        "dice": {t: summary["metrics"]["val_dice"][t]["mean"] for t in TISSUES},
+        "hd95": {t: summary["metrics"]["val_hd95"][t]["mean"] for t in TISSUES},
+    }  # fmt: skip
+
+
+def _run_plain(bundle_root, run_dir, settings, n, seed, minutes) -> dict:
+    out = run_dir / "result.json"
+    args = _overrides({"dataset_dir": settings["dataset_dir"], "dataset_format": "phantom", "phantom": PHANTOM,
+                       "num_labeled": n, "num_val": COMMON["num_val"], "num_test": COMMON["num_test"], "seed": seed,
+                       "split_seed": COMMON["split_seed"], "minutes": minutes, "out": str(out)})  # fmt: skip
+    _command(bundle_root, [sys.executable, "-m", "scripts.benchmark_plain_unet", "run", *args], run_dir / "train.log")
+    result = json.loads(out.read_text())
+    return {"train_seconds": round(result["train_seconds"], 1), "dice": {t: result["dice"][t] for t in TISSUES}}
 
 
 def run(
     profile: str = "cpu",
     labelled=(1, 2, 8),
     variants=tuple(VARIANTS),
+    seeds=(0, 1, 2),
     work_dir: str = "runs/comparison",
-    dataset_dir: str = "data/phantom",
+    dataset_dir: str = "data/cohort",
     docs_dir: str = "docs",
+    plain_minutes: float = 5.0,
 ) -> list[dict]:
-    """Train and evaluate every (variant, labelled) pair not yet in ``<work_dir>/<profile>/results.json``."""
+    """Train and evaluate every (variant, labelled, seed) not yet in ``<work_dir>/<profile>/results.json``."""
     bundle_root = Path(__file__).resolve().parents[1]
     work = Path(work_dir).resolve() / profile
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
-    done = {(r["variant"], r["num_labeled"]) for r in results}
-    settings = {**COMMON, **PROFILES[profile], "dataset_dir": str(Path(dataset_dir).resolve())}
-    for n in labelled:
-        for variant in variants:
-            if (variant, n) in done:
-                continue
-            run_dir = work / f"{variant}_{n}"
-            run_dir.mkdir(exist_ok=True)
-            configs = ["configs/train.yaml", *VARIANTS[variant]]
-            args = _overrides({**settings, "num_labeled": n, "output_dir": str(run_dir / "runs"), "ckpt_dir": str(run_dir / "models")})
-            print(f"[{profile}] {variant}, {n} labelled: training", flush=True)
-            train_s = _bundle(bundle_root, "training", configs, args, run_dir / "train.log")
-            print(f"[{profile}] {variant}, {n} labelled: evaluating ({train_s:.0f} s training)", flush=True)
-            _bundle(
-                bundle_root, "evaluating", [*configs, "configs/evaluate.yaml"],
-                [*args, "--eval_dir", json.dumps(str(run_dir / "eval"))], run_dir / "eval.log",
-            )  # fmt: skip
-            summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-            iterations = PROFILES[profile]["epochs"] * PROFILES[profile]["epoch_length"]
-            results.append(
-                {
-                    "variant": variant, "num_labeled": n, "train_seconds": round(train_s, 1), "iterations": iterations,
-                    "dice": {t: summary["metrics"]["val_dice"][t]["mean"] for t in TISSUES},
-                    "hd95": {t: summary["metrics"]["val_hd95"][t]["mean"] for t in TISSUES},
-                    "test_subjects": summary["subjects"],
-                }
-            )  # fmt: skip
-            write_json(results_path, results)
+    settings = {**COMMON, **PROFILES[profile], "dataset_dir": str(Path(dataset_dir).resolve()), "phantom": PHANTOM}
+    for seed in seeds:
+        for n in labelled:
+            for variant in variants:
+                done = {(r["variant"], r["num_labeled"], r["seed"]) for r in results}
+                if (variant, n, seed) in done:
+                    continue
+                run_dir = work / f"{variant}_{n}_seed{seed}"
+                run_dir.mkdir(exist_ok=True)
+                print(f"[{profile}] {variant}, {n} labelled, seed {seed}", flush=True)
+                if variant == "plain_unet":
+                    sup = [r for r in results if (r["variant"], r["num_labeled"], r["seed"]) == ("supervised", n, seed)]
+                    minutes = sup[0]["train_seconds"] / 60 if sup else plain_minutes
+                    result = _run_plain(bundle_root, run_dir, settings, n, seed, minutes)
+                else:
+                    result = _run_bundle(bundle_root, run_dir, variant, settings, n, seed)
+                results.append({"variant": variant, "num_labeled": n, "seed": seed, **result})
+                write_json(results_path, results)
     report(profile, work_dir, docs_dir)
     return results
 
 
-def best_epoch(train_log: Path) -> int | None:
-    """Epoch of the best validation (the checkpoint evaluated), from a training log."""
+def best_iteration(train_log: Path, epoch_length: int) -> int | None:
+    """Iteration of the best validation (the checkpoint evaluated), from a training log."""
     found = re.findall(r"best value: [0-9.]+ at epoch: (\d+)", train_log.read_text(errors="replace"))
-    return int(found[-1]) if found else None
+    return int(found[-1]) * epoch_length if found else None
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of each (labelled, variant): Dice per tissue, their mean, time."""
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["num_labeled"], r["variant"]), []).append(r)
+    rows = []
+    for (n, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
+        dice = np.array([[r["dice"][t] for t in TISSUES] for r in runs])
+        rows.append({
+            "num_labeled": n, "variant": variant, "seeds": sorted(r["seed"] for r in runs),
+            "dice_mean": dict(zip(TISSUES, dice.mean(0))), "dice_std": dict(zip(TISSUES, dice.std(0))),
+            "mean": float(dice.mean(1).mean()), "mean_std": float(dice.mean(1).std()),
+            "minutes": float(np.mean([r["train_seconds"] for r in runs]) / 60),
+        })  # fmt: skip
+    return rows
 
 
 def report(profile: str = "cpu", work_dir: str = "runs/comparison", docs_dir: str = "docs") -> str:
-    """Write the Markdown table and the Dice-versus-labelled-subjects plot of a profile's results."""
+    """Write the Markdown table (mean ± standard deviation over seeds) and the Dice-versus-labelled-subjects plot."""
     work = Path(work_dir).resolve() / profile
     results = json.loads((work / "results.json").read_text())
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    results.sort(key=lambda r: (r["num_labeled"], order[r["variant"]]))
+    rows = summarise(results)
     lines = [
-        "| labelled subjects | method | Dice CSF | Dice GM | Dice WM | HD95 CSF | HD95 GM | HD95 WM "
-        "| training time | iterations | best checkpoint at iteration |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| labelled subjects | method | seeds | Dice CSF | Dice GM | Dice WM | mean Dice | training time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    epoch_length = PROFILES[profile]["epoch_length"]
-    for r in results:
-        dice = " | ".join(f"{r['dice'][t]:.3f}" for t in TISSUES)
-        hd95 = " | ".join(f"{r['hd95'][t]:.2f}" for t in TISSUES)
-        minutes = r["train_seconds"] / 60
-        log = work / f"{r['variant']}_{r['num_labeled']}" / "train.log"
-        best = best_epoch(log) if log.exists() else None
-        best = "" if best is None else str(best * epoch_length)
+    for r in rows:
+        dice = " | ".join(f"{r['dice_mean'][t]:.3f} ± {r['dice_std'][t]:.3f}" for t in TISSUES)
         lines.append(
-            f"| {r['num_labeled']} | {LABELS[r['variant']]} | {dice} | {hd95} | {minutes:.1f} min | {r['iterations']} "
-            f"| {best} |"
+            f"| {r['num_labeled']} | {LABELS[r['variant']]} | {len(r['seeds'])} | {dice} "
+            f"| {r['mean']:.3f} ± {r['mean_std']:.3f} | {r['minutes']:.1f} min |"
         )
     table = "\n".join(lines) + "\n"
     docs = Path(docs_dir).resolve()
     write_text(docs / f"comparison_{profile}.md", table)
-    _plot(results, docs / f"comparison_{profile}.png", profile)
+    write_json(docs / "benchmarks" / f"comparison_{profile}_results.json", results)
+    _plot(rows, docs / f"comparison_{profile}.png", profile)
     print(table)
     return table
 
 
-def _plot(results: list[dict], path: Path, profile: str) -> None:
+def _plot(rows: list[dict], path: Path, profile: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TISSUES), figsize=(4 * len(TISSUES), 3.4), sharey=True)
-    for ax, tissue in zip(axes, TISSUES):
+    labelled = sorted({r["num_labeled"] for r in rows})
+    fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), 3.6), sharey=True)
+    for ax, tissue in zip(axes, [*TISSUES, "mean"]):
         for variant, label in LABELS.items():
-            rows = [r for r in results if r["variant"] == variant]
-            if rows:
-                ax.plot([r["num_labeled"] for r in rows], [r["dice"][tissue] for r in rows], "o-", label=label)
+            mine = [r for r in rows if r["variant"] == variant]
+            if mine:
+                mean = [r["mean"] if tissue == "mean" else r["dice_mean"][tissue] for r in mine]
+                std = [r["mean_std"] if tissue == "mean" else r["dice_std"][tissue] for r in mine]
+                ax.errorbar([r["num_labeled"] for r in mine], mean, yerr=std, fmt="o-", capsize=3, label=label)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({r["num_labeled"] for r in results}), [str(n) for n in sorted({r["num_labeled"] for r in results})])
+        ax.set_xticks(labelled, [str(n) for n in labelled])
         ax.set_title(tissue)
         ax.set_xlabel("labelled training subjects")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test Dice")
-    axes[-1].legend(loc="lower right")
-    fig.suptitle(f"Phantom test Dice, {profile} profile")
+    axes[0].set_ylabel("test Dice (mean ± sd over seeds)")
+    axes[-1].legend(loc="lower right", fontsize=7)
+    fig.suptitle(f"Phantom cohort, test Dice, {profile} profile")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -35,6 +35,25 @@ def frozen(network: nn.Module):
             p.requires_grad_(flag)
 
 
+def random_warp(label: torch.Tensor, sigma: float, control_points: int = 4) -> torch.Tensor:
+    """Warp integer label maps (B, 1, D, H, W) by a smooth random displacement, nearest-neighbour.
+
+    The displacement (standard deviation ``sigma`` voxels per axis) is drawn on a ``control_points``^3 grid and
+    interpolated trilinearly; samples outside the patch take the border label. MONAI's ``Rand3DElastic`` works on
+    one unbatched image at a time on the CPU; this warps the batch on the training device.
+    """
+    b, _, *spatial = label.shape
+    coarse = torch.randn(b, 3, *([control_points] * 3), device=label.device) * sigma
+    shift = nn.functional.interpolate(coarse, size=spatial, mode="trilinear", align_corners=True)
+    # grid_sample's grid is (x, y, z) = (W, H, D) in [-1, 1]: voxels -> normalised units, axes reversed
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in reversed(spatial)], device=label.device)
+    identity = torch.eye(3, 4, device=label.device).expand(b, 3, 4)
+    grid = nn.functional.affine_grid(identity, [b, 1, *spatial], align_corners=True)
+    grid = grid + shift.flip(1).permute(0, 2, 3, 4, 1) * scale
+    warped = nn.functional.grid_sample(label.float(), grid, mode="nearest", padding_mode="border", align_corners=True)
+    return warped.to(label.dtype)
+
+
 class SemiSupervisedGanTrainer(Trainer):
     """One discriminator (segmenter) step, then one generator step, per iteration.
 
@@ -77,6 +96,9 @@ class SemiSupervisedGanTrainer(Trainer):
         warmup_iterations: iterations before the discriminator's unlabelled, fake and synthetic terms start.
         rampup_iterations: iterations over which those terms then grow linearly to their full weight.
         flip_maps: flip each generating tissue map left-right with probability 0.5 (MRI-GAN).
+        deform_maps: standard deviation (voxels) of the smooth random displacement that warps each generating map.
+        fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
+            rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         num_classes: tissue classes K.
         amp: mixed precision (CUDA), with one gradient scaler per network.
         Other arguments are those of ``monai.engines.Trainer``.
@@ -98,6 +120,8 @@ class SemiSupervisedGanTrainer(Trainer):
         warmup_iterations: int = 0,
         rampup_iterations: int = 0,
         flip_maps: bool = True,
+        fake_maps: str = "same",
+        deform_maps: float = 0.0,
         num_classes: int = 4,
         max_nonfinite: int = 20,
         epoch_length: int | None = None,
@@ -135,6 +159,10 @@ class SemiSupervisedGanTrainer(Trainer):
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
         self.warmup_iterations, self.rampup_iterations = int(warmup_iterations), int(rampup_iterations)
         self.flip_maps = bool(flip_maps)
+        if fake_maps not in ("same", "permuted"):
+            raise ValueError(f"fake_maps must be 'same' or 'permuted', got {fake_maps!r}")
+        self.fake_maps = fake_maps
+        self.deform_maps = float(deform_maps)
         # bfloat16 where the GPU has it (float32's range: no overflow, no loss scaling), else float16 with scalers
         self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         scale = amp and self.amp_dtype == torch.float16
@@ -166,11 +194,14 @@ class SemiSupervisedGanTrainer(Trainer):
         return min(1.0, (iteration - self.warmup_iterations) / self.rampup_iterations)
 
     def _target_maps(self, label: torch.Tensor) -> torch.Tensor:
-        """The tissue maps the generator renders: the labelled maps, each flipped left-right with probability 0.5."""
-        if not self.flip_maps:
-            return label
-        flip = torch.rand(label.shape[0], device=label.device) < 0.5
-        return torch.where(flip.view(-1, *([1] * (label.ndim - 1))), label.flip(2), label)
+        """The tissue maps the generator renders: the labelled maps, each flipped left-right with probability 0.5
+        (``flip_maps``) and warped by a smooth random displacement (``deform_maps``)."""
+        if self.flip_maps:
+            flip = torch.rand(label.shape[0], device=label.device) < 0.5
+            label = torch.where(flip.view(-1, *([1] * (label.ndim - 1))), label.flip(2), label)
+        if self.deform_maps > 0:
+            label = random_warp(label, self.deform_maps)
+        return label
 
     def _generate(self, target: torch.Tensor, unlabeled: torch.Tensor | None):
         """Fakes for this iteration (one per labelled patch) and the boundary logits (MRI-GAN only); the MRI-GAN
@@ -180,6 +211,21 @@ class SemiSupervisedGanTrainer(Trainer):
             return self.generator(self._sources(unlabeled, target.shape[0]), tissue_onehot(target, self.num_classes))
         noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
         return self.generator(noise), None
+
+    def _fake_class_patches(self, fake, target, unlabeled):
+        """Patches for the K+1-th class: the generator's fakes, or with ``fake_maps="permuted"`` renderings of the maps
+        with their tissues exchanged (CSF drawn where WM is, ...): off the data manifold, where a K+1 discriminator
+        learns from fakes (Dai et al. 2017), not on it, where rejecting them fights the labelled loss."""
+        if fake is None:
+            return None
+        if self.fake_maps != "permuted" or not unwrap(self.generator).conditional:
+            return fake.detach()
+        tissues = torch.stack([torch.randperm(self.num_classes - 1, device=target.device) + 1 for _ in target])
+        lookup = torch.cat([torch.zeros_like(tissues[:, :1]), tissues], dim=1)  # background stays background
+        index = target.long().clamp(0, self.num_classes - 1).flatten(1)
+        permuted = torch.where(target.flatten(1) < self.num_classes, torch.gather(lookup, 1, index), target.flatten(1))
+        with torch.no_grad(), self._autocast():
+            return self._generate(permuted.view_as(target), unlabeled)[0]
 
     @staticmethod
     def _sources(unlabeled: torch.Tensor, n: int) -> torch.Tensor:
@@ -220,7 +266,11 @@ class SemiSupervisedGanTrainer(Trainer):
         ramp = self.gan_ramp(engine.state.iteration)
         weights = self.d_loss_function.weights
         unlabeled_d = unlabeled if ramp > 0 and weights.get("unlabelled") else None
-        generated_d = fake is not None and ramp > 0 and (weights.get("fake") or weights.get("synthetic"))
+        synthetic_d = fake.detach() if fake is not None and ramp > 0 and weights.get("synthetic") else None
+        fake_d = self._fake_class_patches(fake, target, unlabeled) if ramp > 0 and weights.get("fake") else None
+        generated = [t for t in (synthetic_d, fake_d) if t is not None]
+        if len(generated) == 2 and self.fake_maps == "same":
+            generated = generated[:1]  # the same patches serve both terms: one pass
 
         # discriminator step. Running statistics: real patches only (the generated pass's update is undone);
         # all of them are restored when the step is skipped
@@ -230,13 +280,16 @@ class SemiSupervisedGanTrainer(Trainer):
             real = image if unlabeled_d is None else torch.cat([image, unlabeled_d])
             logits = self.network(real)
             generated_logits = real_stats = None
-            if generated_d:
+            if generated:
                 real_stats = [b.clone() for b, _ in buffers]
-                generated_logits = unwrap(self.network)(fake.detach())  # one DDP forward per backward
+                generated_logits = unwrap(self.network)(torch.cat(generated))  # one DDP forward per backward
+                generated_logits = torch.split(generated_logits, [t.shape[0] for t in generated])
             split = torch.split(logits, [image.shape[0], real.shape[0] - image.shape[0]])  # MetaTensor-safe
             d_terms = self.d_loss_function(
                 split[0], label, unlabelled_logits=split[1] if unlabeled_d is not None else None,
-                generated_logits=generated_logits, generated_label=target, scale=ramp,
+                fake_logits=generated_logits[-1] if fake_d is not None else None,
+                synthetic_logits=generated_logits[0] if synthetic_d is not None else None,
+                synthetic_label=target, scale=ramp,
             )  # fmt: skip
         output[Keys.PRED] = split[0].detach()
         d_ok = self._finite(engine, d_terms, "discriminator")

@@ -108,17 +108,18 @@ class DiscriminatorLoss(nn.Module):
         labelled_logits: torch.Tensor,
         label: torch.Tensor,
         unlabelled_logits: torch.Tensor | None = None,
-        generated_logits: torch.Tensor | None = None,
-        generated_label: torch.Tensor | None = None,
+        fake_logits: torch.Tensor | None = None,
+        synthetic_logits: torch.Tensor | None = None,
+        synthetic_label: torch.Tensor | None = None,
         scale: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         terms = {"labelled": self.labelled(labelled_logits, label)}
         if unlabelled_logits is not None and self.weights["unlabelled"]:
             terms["unlabelled"] = unlabelled_loss(unlabelled_logits)
-        if generated_logits is not None and self.weights["fake"]:
-            terms["fake"] = fake_loss(generated_logits)
-        if generated_logits is not None and generated_label is not None and self.weights["synthetic"]:
-            terms["synthetic"] = self.labelled(generated_logits, generated_label)
+        if fake_logits is not None and self.weights["fake"]:
+            terms["fake"] = fake_loss(fake_logits)
+        if synthetic_logits is not None and synthetic_label is not None and self.weights["synthetic"]:
+            terms["synthetic"] = self.labelled(synthetic_logits, synthetic_label)
         terms["total"] = sum(
             self.weights[name] * (1.0 if name == "labelled" else scale) * value for name, value in terms.items()
         )

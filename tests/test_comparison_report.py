@@ -1,0 +1,44 @@
+"""The comparison benchmark's summary over seeds (hand-computed) and the tissue-transfer figure."""
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.benchmark_comparison import summarise
+
+
+def _result(variant, n, seed, csf, gm, wm, seconds=60.0):
+    return {"variant": variant, "num_labeled": n, "seed": seed, "train_seconds": seconds,
+            "dice": {"CSF": csf, "GM": gm, "WM": wm}}  # fmt: skip
+
+
+def test_mean_and_spread_over_seeds_by_hand():
+    rows = summarise([
+        _result("mri_gan", 2, 0, 0.8, 0.7, 0.9, 120), _result("mri_gan", 2, 1, 0.6, 0.7, 0.8, 60),
+        _result("supervised", 2, 0, 0.5, 0.5, 0.5), _result("supervised", 8, 0, 0.9, 0.9, 0.9),
+    ])  # fmt: skip
+    assert [(r["num_labeled"], r["variant"]) for r in rows] == [(2, "supervised"), (2, "mri_gan"), (8, "supervised")]
+    gan = rows[1]
+    assert gan["seeds"] == [0, 1] and math.isclose(gan["minutes"], 1.5)
+    assert math.isclose(gan["dice_mean"]["CSF"], 0.7) and math.isclose(gan["dice_std"]["CSF"], 0.1)
+    assert math.isclose(gan["dice_std"]["GM"], 0.0, abs_tol=1e-12)
+    # per-seed means over tissues: 0.8 and 0.7 -> 0.75 +- 0.05
+    assert math.isclose(gan["mean"], 0.75) and math.isclose(gan["mean_std"], 0.05)
+
+
+def test_transfer_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from scripts.transfer_figure import draw
+
+    def save(name, data):
+        nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), str(tmp_path / name))
+        return str(tmp_path / name)
+
+    rng = np.random.default_rng(0)
+    images = [save(f"{n}.nii.gz", rng.random((8, 9, 10))) for n in ("s1", "s2", "t1", "t2")]
+    label = save("label.nii.gz", rng.integers(0, 4, (8, 9, 10)))
+    synthetic = save("synth.nii.gz", rng.random((8, 9, 10, 2)))
+    out = draw(images[:2], label, images[2:], synthetic, out=str(tmp_path / "fig.png"))
+    assert (tmp_path / "fig.png").stat().st_size > 1000 and out.endswith("fig.png")
