@@ -92,3 +92,21 @@ def test_standard_gan_generator_shapes(patch):
 def test_standard_gan_generator_rejects_bad_patch():
     with pytest.raises(ValueError):
         StandardGANGenerator(1, patch_size=(20, 16, 16))
+
+
+def test_source_appearance_code_reaches_the_output():
+    """With source_code_dim, the source's appearance code reaches the output; without it, the generator keeps the paper's parameters (the shipped generator.pt still loads)."""
+    torch.manual_seed(0)
+    plain = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, noise_dim=0)
+    coded = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, noise_dim=0, source_code_dim=3)
+    assert plain.source_fc is None and coded.source_fc.out_features == 3
+    assert set(coded.state_dict()) - set(plain.state_dict()) == {"source_fc.weight", "source_fc.bias"}
+    label = torch.nn.functional.one_hot(torch.randint(0, 4, (1, 8, 8, 8)), 4).permute(0, 4, 1, 2, 3).float()
+    source = torch.randn(1, 2, 8, 8, 8)
+    with torch.no_grad():
+        for layer in [coded.gt_bottleneck, *coded.gts]:  # GT-Layers start as plain instance norms: give them a say
+            torch.nn.init.normal_(layer.r_mu[-1].weight)
+        before = coded(source, label)[0]
+        coded.source_fc.bias.add_(1.0)  # the code alone changes
+        after = coded(source, label)[0]
+    assert not torch.allclose(before, after)

@@ -108,6 +108,11 @@ class MRIGANGenerator(nn.Module):
             be divisible by ``2 ** (len(features) - 1)``.
         code_dim: size of the learned tissue code.
         noise_dim: size of the noise appended to the code (0: deterministic generator).
+        source_code_dim: size of an appearance code of the source MRI appended to the code (0: none, the paper's
+            generator): a Linear map of the per-channel mean and standard deviation of the source's deepest
+            features. The GT-Layers normalise away the source features' own statistics, so without it the source's
+            contrast can reach the output only through its normalised spatial pattern, which belongs to another
+            place, or subject, than the tissue map.
         gt_hidden: hidden width of the GT-Layer MLPs.
     """
 
@@ -121,16 +126,18 @@ class MRIGANGenerator(nn.Module):
         code_dim: int = 16,
         noise_dim: int = 0,
         gt_hidden: int = 64,
+        source_code_dim: int = 0,
     ):
         super().__init__()
         features = tuple(int(f) for f in features)
         if len(features) < 2:
             raise ValueError("features needs at least two levels")
         self.features, self.noise_dim = features, noise_dim
-        full_code = code_dim + noise_dim
+        full_code = code_dim + noise_dim + source_code_dim
         self.mri_encoder = _encoder(in_channels, features)
         self.tissue_encoder = _encoder(num_classes, features)
         self.code_fc = nn.Linear(features[-1], code_dim)
+        self.source_fc = nn.Linear(2 * features[-1], source_code_dim) if source_code_dim > 0 else None
         self.gt_bottleneck = GTLayer(features[-1], full_code, gt_hidden)
         self.boundary_net = nn.Sequential(
             Convolution(3, features[0], features[0], act=_ACT, norm="instance"),
@@ -166,6 +173,10 @@ class MRIGANGenerator(nn.Module):
             if noise is None:
                 noise = torch.randn(code.shape[0], self.noise_dim, device=code.device, dtype=code.dtype)
             code = torch.cat([code, noise], dim=1)
+        if self.source_fc is not None:
+            h32 = h.float()
+            statistics = torch.cat([h32.mean(dim=(2, 3, 4)), h32.std(dim=(2, 3, 4))], dim=1)
+            code = torch.cat([code, self.source_fc(statistics).to(code.dtype)], dim=1)
         boundary_logits = self.boundary_net(skips[0])
         x = self.act(self.gt_bottleneck(h, code))
         for i, (up, fuse, gt) in enumerate(zip(self.ups, self.fuses, self.gts)):
