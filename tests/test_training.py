@@ -163,3 +163,21 @@ def test_batches_of_two_volumes(bundle_root, tmp_path, crop_sampling):
     )  # fmt: skip
     last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert last["trainer"]["iteration"] == 2
+
+
+@pytest.mark.parametrize("variant, start", [(None, 150), ("supervised", 0), ("mean_teacher", 0)])
+def test_schedule_in_iterations_and_no_best_model_from_the_warmup(bundle_root, variant, start):
+    """600 iterations whatever num_labeled is; a GAN run validates (and saves a best model) only after its warm-up."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    files = [bundle_root / "configs" / "train.yaml"] + ([bundle_root / "configs" / f"{variant}.yaml"] if variant else [])
+    parser.read_config([str(f) for f in files])
+    parser["bundle_root"] = str(bundle_root)
+    for num_labeled in (2, 8):
+        parser["num_labeled"] = num_labeled
+        assert parser.get_parsed_content("epochs", lazy=False) * parser["epoch_length"] == 600
+    assert parser.get_parsed_content("gan_warmup_iterations", lazy=False) == 150
+    validation = next(h for h in parser["train"]["handlers"] if h["_target_"].endswith("FinalValidation"))
+    assert parser.get_parsed_content(f"train#handlers#{parser['train']['handlers'].index(validation)}#start_iteration",
+                                     lazy=False) == start  # fmt: skip
