@@ -124,7 +124,7 @@ def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
         raise InputError(
             f"{path} does not fit the generator of this config ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(resized)} resized tensors, e.g. {example}): set modalities, num_classes, generator_features, "
-            "tissue_code_dim and noise_dim as in training"
+            "tissue_code_dim, noise_dim and source_code_dim as in training"
         )
     generator.load_state_dict(state)
     return generator.to(device).eval()
