@@ -170,11 +170,6 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
         output.update({f"loss_d_{k}": v.detach() for k, v in terms.items()})
         output["consistency_weight"] = weight
 
-        self._consecutive_nonfinite = 0 if ok else self._consecutive_nonfinite + 1
-        if self._consecutive_nonfinite >= self.max_nonfinite:
-            raise RuntimeError(
-                f"training diverged: {self._consecutive_nonfinite} consecutive iterations with a non-finite loss "
-                f"(iteration {engine.state.iteration}); lower the learning rate or turn AMP off"
-            )
+        self._count_nonfinite(engine, ok)
         engine.state.output = [output]
         return [output]

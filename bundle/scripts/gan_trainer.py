@@ -305,14 +305,18 @@ class SemiSupervisedGanTrainer(Trainer):
         if self.generator is not None:
             g_ok = self._generator_step(engine, output, image, label, target, unlabeled, fake, boundary_logits)
 
-        self._consecutive_nonfinite = 0 if d_ok and g_ok else self._consecutive_nonfinite + 1
+        self._count_nonfinite(engine, d_ok and g_ok)
+        engine.state.output = [output]
+        return [output]
+
+    def _count_nonfinite(self, engine: SemiSupervisedGanTrainer, ok: bool) -> None:
+        """Count consecutive iterations with a skipped update; ``max_nonfinite`` of them stop training."""
+        self._consecutive_nonfinite = 0 if ok else self._consecutive_nonfinite + 1
         if self._consecutive_nonfinite >= self.max_nonfinite:
             raise RuntimeError(
                 f"training diverged: {self._consecutive_nonfinite} consecutive iterations with a non-finite loss "
                 f"(iteration {engine.state.iteration}); lower the learning rates or turn AMP off"
             )
-        engine.state.output = [output]
-        return [output]
 
     def _generator_step(self, engine, output, image, label, target, unlabeled, fake, boundary_logits) -> bool:
         """Update G against the frozen D.
