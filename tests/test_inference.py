@@ -3,6 +3,7 @@
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import run
 
 from oracle import ORACLE_NET, write_oracle_checkpoint
@@ -111,3 +112,143 @@ def test_existing_outputs_and_input_folder_are_refused(bundle_root, tmp_path, mo
     assert sorted(p.name for p in data.iterdir()) == ["case01_T1.nii.gz", "case01_T2.nii.gz", "case01_label.nii.gz"]
     run("inference", output_dir=str(out), overwrite="true", **args)
     assert seg.exists()
+
+
+# --- tissue volumes (tissue_volumes.csv) and overlays (save_overlay) ---------------------------------------------
+
+_FIXTURE_VOXELS = {"csf": 32 * 28 * 12 - 22 * 16 * 8, "gm": 22 * 16 * 8 - 10 * 8 * 5, "wm": 10 * 8 * 5}  # _lps_volume
+
+
+def _second_subject(data, spacing=(0.8, 0.8, 1.0)):
+    """``case02``: case01's images and label again, with other voxel sizes (RAS)."""
+    for name in ("T1", "T2", "label"):
+        image = nib.load(str(data / f"case01_{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([*spacing, 1.0])), str(data / f"case02_{name}.nii.gz"))
+
+
+def _inference(bundle_root, monkeypatch, tmp_path, data, out, **overrides):
+    write_oracle_checkpoint(tmp_path / "oracle.pt")
+    monkeypatch.chdir(bundle_root)
+    run(
+        "inference", config_file="configs/inference.yaml", dataset_dir=str(data), dataset_format="folder",
+        output_dir=str(out), ckpt_path=str(tmp_path / "oracle.pt"), network_def=ORACLE_NET, roi_size=[32, 32, 32],
+        **overrides,
+    )  # fmt: skip
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_tissue_volumes_use_voxel_size_and_class_indices():
+    """Hand-counted: a rotated affine with 0.5 x 0.8 x 1.5 mm voxels (0.6 mm^3); relabelled maps are refused."""
+    from monai.data import MetaTensor
+    from scripts.tissue_outputs import TissueVolumesd
+
+    label = torch.zeros(1, 10, 8, 6)
+    label[0, :5, :, :] = 1  # 240 voxels of CSF
+    label[0, 5:8, :4, :] = 2  # 72 of GM
+    label[0, 8:, :1, :1] = 3  # 2 of WM
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.array([[c, -s, 0, 10], [s, c, 0, -5], [0, 0, 1, 3], [0, 0, 0, 1]]) @ np.diag([0.5, 0.8, 1.5, 1.0])
+    out = TissueVolumesd("pred")({"pred": MetaTensor(label, affine=affine, meta={"subject": "s1"})})["tissue_volumes"]
+    assert out["subject"] == "s1"
+    np.testing.assert_allclose([out["csf_ml"], out["gm_ml"], out["wm_ml"], out["brain_ml"]],
+                               [0.144, 0.0432, 0.0012, 0.1884], rtol=1e-9)  # fmt: skip
+    mapped = MetaTensor(torch.where(label == 3, 250.0, label), affine=affine, meta={"subject": "s1"})
+    with pytest.raises(ValueError, match="class indices 0..3"):
+        TissueVolumesd("pred")({"pred": mapped})
+
+
+def test_volume_csv_matches_written_labels(bundle_root, tmp_path, monkeypatch):
+    """One row per subject; the mL of each tissue recounted on the written label file with its affine."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _lps_volume(data)  # 1.2 x 0.9 x 2.0 mm voxels
+    _second_subject(data)  # 0.8 x 0.8 x 1.0 mm
+    output_labels = [0, 10, 150, 250]  # counting must not see these values
+    out = tmp_path / "out"
+    _inference(bundle_root, monkeypatch, tmp_path, data, out, output_labels=output_labels)
+    header, rows = _read_csv(out / "tissue_volumes.csv")
+    assert header == ["subject", "csf_ml", "gm_ml", "wm_ml", "brain_ml"]
+    assert [r["subject"] for r in rows] == ["case01", "case02"]
+    for row, voxel_mm3 in zip(rows, (1.2 * 0.9 * 2.0, 0.8 * 0.8 * 1.0)):
+        seg = nib.load(str(out / f"{row['subject']}_seg.nii.gz"))
+        assert abs(np.linalg.det(seg.affine[:3, :3])) == pytest.approx(voxel_mm3)
+        classes = np.searchsorted(output_labels, np.asarray(seg.dataobj))
+        for k, tissue in enumerate(("csf", "gm", "wm"), start=1):
+            assert float(row[f"{tissue}_ml"]) == pytest.approx((classes == k).sum() * voxel_mm3 / 1000, abs=1e-4)
+            assert float(row[f"{tissue}_ml"]) == pytest.approx(_FIXTURE_VOXELS[tissue] * voxel_mm3 / 1000, rel=0.05)
+        brain = sum(float(row[f"{t}_ml"]) for t in ("csf", "gm", "wm"))
+        assert float(row["brain_ml"]) == pytest.approx(brain, abs=2e-4)
+        assert float(row["brain_ml"]) == pytest.approx(sum(_FIXTURE_VOXELS.values()) * voxel_mm3 / 1000, rel=0.01)
+    assert not list(out.glob("*.png"))  # overlays only on request
+
+
+def test_overlay_png_on_request(bundle_root, tmp_path, monkeypatch):
+    """Three views side by side, 0.9 mm pixels: RAS 40 x 36 x 18 voxels of 1.2 x 0.9 x 2.0 mm are 53 x 36 x 40
+    pixels, so axial 36 x 53, coronal 40 x 53, sagittal 40 x 36: a 40 x 142 RGB image, tissues in colour."""
+    import itk
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _lps_volume(data)
+    out = tmp_path / "out"
+    _inference(bundle_root, monkeypatch, tmp_path, data, out, save_overlay=True)
+    png = out / "case01_overlay.png"
+    rgb = np.asarray(itk.imread(str(png)))
+    assert rgb.shape == (40, 142, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == rgb[0, 0, 0]).all()  # background: grey (black), not coloured
+    coloured = (rgb.max(-1).astype(int) - rgb.min(-1)) > 40
+    assert [coloured[:, a:b].mean() > 0.2 for a, b in ((0, 53), (53, 106), (106, 142))] == [True, True, True]
+    assert ((rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 180))[:, :53].any()  # yellow over bright WM
+    assert ((rgb[..., 2].astype(int) - rgb[..., 0]) > 60).any()  # blue CSF
+    assert (out / "tissue_volumes.csv").exists() and not list(data.glob("*.png"))
+
+
+def test_existing_volumes_and_overlays_are_refused(bundle_root, tmp_path, monkeypatch):
+    """The overwrite guard covers tissue_volumes.csv and, when requested, the overlays."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _lps_volume(data)
+    out = tmp_path / "out"
+    _inference(bundle_root, monkeypatch, tmp_path, data, out, save_overlay=True)
+    csv_file, overlay = out / "tissue_volumes.csv", out / "case01_overlay.png"
+    before = csv_file.read_bytes()
+    (out / "case01_seg.nii.gz").unlink()
+    with pytest.raises(Exception) as error:
+        _inference(bundle_root, monkeypatch, tmp_path, data, out, save_overlay=True)
+    assert "tissue_volumes.csv already exists (and 1 more); pass --overwrite true" in _causes(error.value)
+    assert csv_file.read_bytes() == before and not (out / "case01_seg.nii.gz").exists()
+    csv_file.unlink()
+    with pytest.raises(Exception) as error:
+        _inference(bundle_root, monkeypatch, tmp_path, data, out, save_overlay="true")
+    assert "case01_overlay.png already exists" in _causes(error.value)
+    _inference(bundle_root, monkeypatch, tmp_path, data, out)  # overlays not requested: not in the way
+    overlay.unlink()
+    (out / "case01_seg.nii.gz").unlink()
+    _inference(bundle_root, monkeypatch, tmp_path, data, out, save_overlay=True, overwrite="true")
+    assert csv_file.exists() and overlay.exists()
+
+
+def test_failed_run_leaves_volume_csv_as_it_was(bundle_root, tmp_path, monkeypatch):
+    """The CSV is written once, at the end: a run that fails on its second subject neither truncates nor appends."""
+    data = tmp_path / "data"
+    data.mkdir()
+    _lps_volume(data)
+    out = tmp_path / "out"
+    _inference(bundle_root, monkeypatch, tmp_path, data, out)
+    before = b"subject,csf_ml,gm_ml,wm_ml,brain_ml\nearlier,1,2,3,6\n"  # what a partial rewrite would not give back
+    (out / "tissue_volumes.csv").write_bytes(before)
+    seg_time = (out / "case01_seg.nii.gz").stat().st_mtime_ns
+    _second_subject(data)
+    nib.save(nib.Nifti1Image(np.zeros((40, 36, 17), np.float32), np.eye(4)), str(data / "case02_T2.nii.gz"))
+    with pytest.raises(Exception):  # T1 and T2 of case02 differ in shape: fails after case01 is done
+        _inference(bundle_root, monkeypatch, tmp_path, data, out, overwrite=True, check_inputs=False)
+    assert (out / "case01_seg.nii.gz").stat().st_mtime_ns != seg_time  # the run got past case01
+    assert (out / "tissue_volumes.csv").read_bytes() == before
+    assert not list(out.glob(".tissue_volumes.csv.*"))  # no temporary file left
