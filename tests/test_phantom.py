@@ -293,3 +293,202 @@ def test_cohort_figure(tmp_path):
     out = tmp_path / "figures" / "cohort.png"
     assert draw(out, num_subjects=2, shape=(32, 40, 48)) == str(out)
     assert out.stat().st_size > 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- head, randomize, folded, adult iSEG (opt-in, issue 11) -------------------------------------------------------
+
+SKIN, FAT, BONE, MARROW, EYE, CORD, SPINAL_CSF = range(1, 8)
+
+
+@pytest.fixture(scope="module")
+def infant_head():
+    return phantom.make_subject(SMALL, "infant", seed=0, head=True)
+
+
+@pytest.fixture(scope="module")
+def adult_head():
+    return phantom.make_subject(ADULT_SMALL, "adult", seed=0, spacing=ADULT_SPACING, head=True, randomize=True)
+
+
+def extent_fraction(mask, axis):
+    """Fraction of the volume's length along ``axis`` that ``mask`` spans."""
+    other = tuple(k for k in range(3) if k != axis)
+    index = np.nonzero(mask.any(axis=other))[0]
+    return (index[-1] - index[0] + 1) / mask.shape[axis]
+
+
+@pytest.mark.parametrize("preset", ["infant", "adult"])
+def test_head_surrounds_the_brain_and_is_labelled_background(preset, infant_head, adult_head):
+    subject = {"infant": infant_head, "adult": adult_head}[preset]
+    label, structures, head = subject["label"], subject["structures"], subject["head"]
+    brain = structures > 0
+    assert head.dtype == np.uint8 and head.shape == label.shape
+    assert set(np.unique(head)) <= set(range(len(phantom.HEAD_TISSUES)))
+    assert {SKIN, FAT, BONE} <= set(np.unique(head)), "scalp, fat and skull must be there"
+    assert not head[brain].any() and np.all(label[~brain] == 0), "everything outside the brain is background"
+    assert {7, 8} <= set(np.unique(structures)), "with a head both presets have cerebellum and brainstem"
+    assert (head > 0).sum() > 0.5 * brain.sum(), "the head must be more than a thin shell"
+    # the skull encloses the brain: scanning down from the top, the first tissue met is head, not brain
+    column = (brain | (head > 0))[label.shape[0] // 2, label.shape[1] // 2]
+    top = np.nonzero(column)[0][-1]
+    assert head[label.shape[0] // 2, label.shape[1] // 2, top] > 0
+    assert head[:, :, 0].any() and not brain[:, :, 0].any(), "the neck reaches the inferior edge"
+    pial = np.isin(structures, (1, 2, 3, 4, 6, 7, 8))  # the brain without its CSF shell
+    for axis in (0, 1):
+        assert 0.5 < extent_fraction(pial, axis) < 0.75, "brain about 60-70 % of the field of view"
+    air = ~brain & (head == 0)
+    assert air.sum() > 0.05 * air.size
+    for modality, image in subject["images"].items():
+        assert image.dtype == np.float32 and np.all(np.isfinite(image))
+        assert np.count_nonzero(image[air]) == air.sum() and image[air].std() > 0, "noisy, not zero, background"
+        assert np.abs(image[air]).mean() < 0.3 * np.abs(image[brain]).mean()
+
+
+def test_head_tissues_have_their_own_intensities():
+    subject = phantom.make_subject((72, 88, 104), "infant", seed=0, head=True)  # layers of a few voxels
+    head = subject["head"]
+    t1, t2 = ({code: float(subject["images"][m][head == code].mean()) for code in (SKIN, FAT, BONE, EYE)}
+              for m in ("t1", "t2"))
+    assert t1[FAT] > 1.2 * t1[SKIN] and t1[SKIN] > 1.2 * t1[BONE], t1
+    assert t2[EYE] > 1.5 * t2[SKIN], "the eyes are fluid, bright in T2"
+
+
+def test_head_writers_keep_negative_values_and_label_the_head_background(tmp_path):
+    args = {**ISEG_ARGS, "shape": SMALL, "num_labeled": 2, "num_unlabeled": 0}
+    assert phantom.write_dataset(tmp_path, layout="iseg", head=True, **args) == ["subject-1", "subject-2"]
+    marker = json.loads((tmp_path / "phantom.json").read_text())["arguments"]
+    assert marker["head"] is True and not {"randomize", "folded", "cohort", "preset"} & set(marker)
+    minimum = np.inf
+    for n in (1, 2):
+        expected = phantom.make_subject(SMALL, "infant", phantom._subject_seed(0, n), head=True)
+        label = np.asarray(nib.load(tmp_path / f"subject-{n}-label.hdr").dataobj)
+        np.testing.assert_array_equal(label, phantom._ISEG_LABEL_VALUES[expected["label"]])
+        for kind in ("T1", "T2"):
+            image = np.asarray(nib.load(tmp_path / f"subject-{n}-{kind}.hdr").dataobj)
+            assert image.dtype == np.int16
+            np.testing.assert_array_equal(image, phantom._to_int16(expected["images"][kind.lower()], signed=True))
+            assert np.count_nonzero(image[label == 0]) > 0.5 * (label == 0).sum()
+            minimum = min(minimum, int(image.min()))
+    assert minimum < 0, "an offset background must keep its negative values"
+
+
+def test_randomize_varies_contrast_but_not_anatomy():
+    orders, ratios = set(), []
+    for seed in range(6):
+        subject = phantom.make_subject(SMALL, "infant", seed, randomize=True)
+        label = subject["label"]
+        assert set(np.unique(label)) == {0, 1, 2, 3}
+        for image in subject["images"].values():
+            assert np.all(image[label == 0] == 0) and np.all(image[label > 0] > 0)
+        for modality in ("t1", "t2"):
+            csf, gm, wm = tissue_means(subject, modality)
+            orders.add(tuple(np.argsort([csf, gm, wm])))
+            ratios.append(wm / gm)
+        if seed == 0:
+            default = phantom.make_subject(SMALL, "infant", 0)
+            np.testing.assert_array_equal(subject["structures"], default["structures"])  # intensities only
+            assert not np.array_equal(subject["images"]["t1"], default["images"]["t1"])
+            json.dumps(subject["randomized"])
+    assert len(orders) >= 3, orders
+    assert max(ratios) / min(ratios) > 1.6, ratios  # about 1.25 without randomize
+
+
+def test_randomize_is_deterministic_and_works_with_the_adult_head(adult_head):
+    again = phantom.make_subject(ADULT_SMALL, "adult", seed=0, spacing=ADULT_SPACING, head=True, randomize=True)
+    assert again["randomized"] == adult_head["randomized"]
+    assert set(adult_head["images"]) == set(phantom.PRESETS["adult"])
+    for modality, image in adult_head["images"].items():
+        assert image.tobytes() == again["images"][modality].tobytes()
+    plain = phantom.make_subject(ADULT_SMALL, "adult", seed=0, spacing=ADULT_SPACING, head=True)
+    np.testing.assert_array_equal(plain["head"], adult_head["head"])
+    assert not np.array_equal(plain["images"]["t1"], adult_head["images"]["t1"])
+
+
+def test_adult_anatomy_folded_with_wider_csf_spaces_than_infants():
+    adult = phantom.make_subject(SMALL, "adult", 0)
+    infant = phantom.make_subject(SMALL, "infant", 0)
+    folded = phantom.make_subject(SMALL, "adult", 0, folded=True)
+    assert {7, 8} <= set(np.unique(adult["structures"])) and {7, 8} <= set(np.unique(folded["structures"]))
+    assert not np.array_equal(folded["structures"], adult["structures"])
+    np.testing.assert_array_equal(folded["structures"] == 0, adult["structures"] == 0)  # same envelope
+    cortex = [np.mean(s["structures"] == 1) for s in (adult, folded)]
+    assert 0.5 < cortex[1] / cortex[0] < 2
+
+    def fraction(subject, code):
+        structures = subject["structures"]
+        return np.mean(structures[structures > 0] == code)
+
+    assert fraction(adult, 6) > 1.3 * fraction(infant, 6), "adult ventricles are larger"
+    assert fraction(adult, 5) > fraction(infant, 5), "adult sulci are wider"
+
+
+def test_hindbrain_is_ignored_in_mrbrains13_and_tissue_in_the_iseg_layout(tmp_path):
+    from monai.transforms import MapLabelValue
+
+    from scripts.datasets import IGNORE_LABEL, label_mapping
+
+    phantom.write_mrbrains13(tmp_path / "mrbrains13", **{**MRBRAINS_ARGS, "num_unlabeled": 0}, folded=True)
+    training = np.asarray(nib.load(tmp_path / "mrbrains13/TrainingData/1/LabelsForTraining.nii").dataobj)
+    assert {7, 8} <= set(np.unique(training))
+    mapped = np.asarray(MapLabelValue(*label_mapping("mrbrains13"), dtype=np.uint8)(training))
+    hindbrain = (training == 7) | (training == 8)
+    assert np.all(mapped[hindbrain] == IGNORE_LABEL) and not np.any(mapped[~hindbrain] == IGNORE_LABEL)
+
+    args = {**ISEG_ARGS, "shape": SMALL, "num_labeled": 1, "num_unlabeled": 0}
+    assert phantom.write_iseg(tmp_path / "iseg", preset="adult", **args) == ["subject-1"]
+    assert json.loads((tmp_path / "iseg/phantom.json").read_text())["arguments"]["preset"] == "adult"
+    subject = phantom.make_subject(SMALL, "adult", phantom._subject_seed(0, 1), modalities=("t1", "t2"))
+    label = np.asarray(nib.load(tmp_path / "iseg/subject-1-label.hdr").dataobj)
+    np.testing.assert_array_equal(label, phantom._ISEG_LABEL_VALUES[subject["label"]])
+    mapped = np.asarray(MapLabelValue(*label_mapping("iseg"), dtype=np.uint8)(label))
+    structures = subject["structures"]
+    assert (structures == 7).any() and (structures == 8).any()
+    assert np.all(mapped[structures == 7] == GM) and np.all(mapped[structures == 8] == WM)
+    t2 = np.asarray(nib.load(tmp_path / "iseg/subject-1-T2.hdr").dataobj)
+    csf, gm, wm = (t2[mapped == code].mean() for code in (CSF, GM, WM))
+    assert csf > gm > wm, "adult T2 contrast"
+    with pytest.raises(ValueError, match="modalities"):
+        phantom.make_subject(SMALL, "infant", 0, modalities=("flair",))
+
+
+def test_new_options_leave_default_markers_and_adult_subjects_alone(iseg_dir, mrbrains_dir, adult):
+    """Markers of default datasets record no new option, and the default adult subject matches checksums computed
+    before ``head``, ``randomize`` and ``folded`` existed (the infant one: ``test_default_subject_is_unchanged...``)."""
+    assert json.loads((iseg_dir / "phantom.json").read_text())["arguments"] == {
+        **ISEG_ARGS, "shape": list(ISEG_ARGS["shape"])}
+    assert set(json.loads((mrbrains_dir / "phantom.json").read_text())["arguments"]) == {
+        "num_labeled", "num_unlabeled", "shape", "seed", "spacing"}
+    assert not {"head", "randomized"} & set(adult)
+    structures_sha256 = "81506ad15ab3c7047701f94b2b4b56515fbf8b875a80aee6a4d5937081b57c01"
+    assert hashlib.sha256(adult["structures"].tobytes()).hexdigest() == structures_sha256
+    expected = {"t1": (7405943.077079773, 3658731.583921384, 3200207798.679175),
+                "t1_ir": (5568235.146808863, 2817717.723791805, 2381040316.243065),
+                "flair": (4512103.580335617, 2241050.1028916305, 1333750298.006383)}
+    ramp = np.arange(adult["label"].size, dtype=np.float64).reshape(ADULT_SMALL) / adult["label"].size
+    for modality, sums in expected.items():
+        image = adult["images"][modality].astype(np.float64)
+        np.testing.assert_allclose((image.sum(), (image * ramp).sum(), (image * image).sum()), sums, rtol=1e-9)
+
+
+def test_heads_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from scripts.cohort_figure import HEAD_COLOURS, heads
+
+    assert len(HEAD_COLOURS) == len(phantom.HEAD_TISSUES) - 1
+    out = tmp_path / "heads.png"
+    assert heads(out, shape=(40, 48, 56), dpi=40) == str(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_writes_heads_with_the_new_options(bundle_root, tmp_path):
+    out_dir = tmp_path / "cli"
+    command = [sys.executable, "-m", "scripts.phantom", "iseg", "--out_dir", str(out_dir), "--num_labeled", "1",
+               "--num_unlabeled", "0", "--shape", "[40,48,56]", "--head", "--randomize", "--folded",
+               "--preset", "adult"]
+    subprocess.run(command, cwd=bundle_root, check=True, capture_output=True)
+    assert json.loads((out_dir / "phantom.json").read_text())["arguments"] == {
+        "num_labeled": 1, "num_unlabeled": 0, "shape": [40, 48, 56], "seed": 0, "head": True, "randomize": True,
+        "folded": True, "preset": "adult"}
+    label = np.asarray(nib.load(out_dir / "subject-1-label.hdr").dataobj)
+    t1 = np.asarray(nib.load(out_dir / "subject-1-T1.hdr").dataobj)
+    assert np.count_nonzero(t1[label == 0]) > 0.5 * (label == 0).sum()

@@ -1,11 +1,14 @@
 """PNG of a phantom infant cohort (``scripts.phantom``, ``cohort=True``): middle axial T1, T2 and label slices of a
-few subjects, one column each, titled with their age parameter. Run from the bundle root:
+few subjects, one column each, titled with their age parameter; and (``heads``) PNG of phantom heads
+(``head=True``, with and without ``randomize``, infant and adult). Run from the bundle root:
 
     python -m scripts.cohort_figure --num_subjects 6            # docs/figures/cohort.png, 6 subjects of seed 0
+    python -m scripts.cohort_figure heads                       # docs/figures/heads.png
 
 matplotlib comes with the ``benchmark`` extra.
 """
 
+import sys
 from pathlib import Path
 
 import fire
@@ -15,6 +18,17 @@ from .atomic import atomic_path
 from .phantom import _subject_seed, make_subject
 
 LABEL_COLOURS = ("black", "#3b8bff", "#2ca02c", "#ffd92f")  # background, CSF, GM, WM
+# head tissues after the labels (``scripts.phantom.HEAD_TISSUES``): skin/muscle, fat, bone, marrow, eye, spinal
+# cord, spinal CSF
+HEAD_COLOURS = ("#c97b63", "#f2d7a6", "#ffffff", "#d94f70", "#7fd3ff", "#b8a000", "#1f5fbf")
+# (title, preset, voxel size in mm, options) of the columns of ``heads``: adults on the same grid with larger voxels,
+# so that their field of view (and a brain filling 60-70 % of it) has adult size
+HEAD_SUBJECTS = (
+    ("infant", "infant", 1.0, {}),
+    ("infant, randomized, folded", "infant", 1.0, {"randomize": True, "folded": True}),
+    ("adult, folded", "adult", 1.35, {"folded": True}),
+    ("adult, randomized, folded", "adult", 1.35, {"randomize": True, "folded": True}),
+)
 CELL_INCHES = 2.0
 
 
@@ -55,5 +69,54 @@ def draw(out="docs/figures/cohort.png", num_subjects=6, seed=0, shape=(144, 192,
     return str(out)
 
 
+def heads(out="docs/figures/heads.png", seed=0, shape=(144, 192, 256), dpi=100) -> str:
+    """Draw phantom heads (``head=True``): one column per entry of ``HEAD_SUBJECTS`` (subjects 1, 2, ... of ``seed``
+    as ``write_iseg`` numbers them), rows axial T1, coronal T1 and coronal label (brain tissues, then head tissues in
+    ``HEAD_COLOURS``; label files keep the head as background). Slices pass through the centre of the cerebrum; images
+    are windowed to their 0.5-99.5th percentiles (the background is noisy and may be negative). Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    shape = tuple(int(n) for n in shape)
+    columns = len(HEAD_SUBJECTS)
+    height = CELL_INCHES * (shape[1] + 2 * shape[2]) / shape[0] + 0.6
+    fig = Figure(figsize=(CELL_INCHES * columns, height))
+    grid = fig.add_gridspec(3, columns, height_ratios=(shape[1], shape[2], shape[2]))
+    colours = ListedColormap(LABEL_COLOURS + HEAD_COLOURS)
+    for column, (title, preset, voxel, options) in enumerate(HEAD_SUBJECTS):
+        subject = make_subject(shape, preset, _subject_seed(seed, column + 1), (voxel,) * 3, head=True, **options)
+        image = subject["images"]["t1"]
+        tissues = np.where(subject["head"] > 0, subject["head"] + 3, subject["label"])
+        cerebrum = np.isin(subject["structures"], (1, 2, 3, 4, 6))  # not the CSF shell, cerebellum or brainstem
+        centre = np.rint(np.argwhere(cerebrum).mean(axis=0)).astype(int)
+        low, high = np.percentile(image, (0.5, 99.5))
+        sections = [(image[:, :, centre[2]].T, "axial T1"), (image[:, centre[1], :].T, "coronal T1"),
+                    (tissues[:, centre[1], :].T, "coronal label")]
+        for row, (section, name) in enumerate(sections):
+            ax = fig.add_subplot(grid[row, column])
+            if row == 2:
+                ax.imshow(section, cmap=colours, vmin=0, vmax=len(LABEL_COLOURS) + len(HEAD_COLOURS) - 1,
+                          origin="lower", interpolation="nearest")
+            else:
+                ax.imshow(section, cmap="gray", vmin=low, vmax=high, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:
+                ax.set_ylabel(name)
+            if row == 0:
+                ax.set_title(f"{title}\n{voxel:g} mm voxels", fontsize=9)
+    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.01, top=0.94, wspace=0.03, hspace=0.03)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return str(out)
+
+
 if __name__ == "__main__":
-    fire.Fire(draw)
+    if sys.argv[1:2] == ["heads"]:
+        fire.Fire(heads, command=sys.argv[2:])
+    else:
+        fire.Fire(draw)
