@@ -10,6 +10,7 @@ from ignite.engine import Events
 from scripts.gan_trainer import SemiSupervisedGanTrainer, frozen
 from scripts.losses import DiscriminatorLoss, GeneratorLoss
 from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
+from scripts.networks.generators import tissue_onehot
 
 PATCH = (8, 8, 8)
 
@@ -194,3 +195,25 @@ def test_random_warp_keeps_labels_and_moves_boundaries():
     warped = random_warp(label, 2.0)
     assert warped.dtype == label.dtype and set(warped.unique().tolist()) <= {0, 3}
     assert not torch.equal(warped, label) and (warped == label).float().mean() > 0.7
+
+
+@pytest.mark.parametrize("patches", [None, 2])
+def test_reconstructions_share_the_fakes_generator_pass(patches):
+    """One batched generator pass gives the fakes and the reconstructions, exactly as two separate passes would."""
+    trainer, _, _ = _trainer("mri", reconstruction_patches=patches)
+    gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4)  # no noise: both ways comparable
+    trainer.g_loss_function.weights["reconstruction"] = 1.0
+    first, other = _batches(1)[0], _batches(1, seed=2)[0]
+    image, label, target = first["image"], first["label"], other["label"]
+    unlabeled = _batches(1, with_label=False, seed=3)[0]["image"]
+    image, label = torch.cat([image, image.flip(2)]), torch.cat([label, label.flip(2)])
+    target = torch.cat([target, target])
+    reconstruct = trainer._reconstruction_patches(image, label)
+    assert reconstruct[0].shape[0] == (4 if patches is None else 2)
+    assert all(any(torch.equal(r, i) for i in image) for r in reconstruct[0])  # patches of this batch
+    fake, boundary, reconstruction = trainer._generate(target, unlabeled, reconstruct)
+    alone_fake, alone_boundary = gen(trainer._sources(unlabeled, 4), tissue_onehot(target))
+    assert torch.allclose(fake, alone_fake, atol=1e-5) and torch.allclose(boundary, alone_boundary, atol=1e-5)
+    assert torch.allclose(reconstruction, gen(reconstruct[0], tissue_onehot(reconstruct[1]))[0], atol=1e-5)
+    trainer.g_loss_function.weights["reconstruction"] = 0.0
+    assert trainer._reconstruction_patches(image, label) is None

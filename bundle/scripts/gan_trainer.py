@@ -12,6 +12,7 @@ from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch import nn
+from torch.profiler import record_function
 
 from .checkpoint import unwrap
 from .networks.generators import tissue_onehot
@@ -97,6 +98,8 @@ class SemiSupervisedGanTrainer(Trainer):
         rampup_iterations: iterations over which those terms then grow linearly to their full weight.
         flip_maps: flip each generating tissue map left-right with probability 0.5 (MRI-GAN).
         deform_maps: standard deviation (voxels) of the smooth random displacement that warps each generating map.
+        reconstruction_patches: labelled patches per iteration that G reconstructs from themselves for its
+            reconstruction term, drawn at random (``None``: all of them).
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         num_classes: tissue classes K.
@@ -122,6 +125,7 @@ class SemiSupervisedGanTrainer(Trainer):
         flip_maps: bool = True,
         fake_maps: str = "same",
         deform_maps: float = 0.0,
+        reconstruction_patches: int | None = None,
         num_classes: int = 4,
         max_nonfinite: int = 20,
         epoch_length: int | None = None,
@@ -163,6 +167,7 @@ class SemiSupervisedGanTrainer(Trainer):
             raise ValueError(f"fake_maps must be 'same' or 'permuted', got {fake_maps!r}")
         self.fake_maps = fake_maps
         self.deform_maps = float(deform_maps)
+        self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
         # bfloat16 where the GPU has it (float32's range: no overflow, no loss scaling), else float16 with scalers
         self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         scale = amp and self.amp_dtype == torch.float16
@@ -203,14 +208,34 @@ class SemiSupervisedGanTrainer(Trainer):
             label = random_warp(label, self.deform_maps)
         return label
 
-    def _generate(self, target: torch.Tensor, unlabeled: torch.Tensor | None):
-        """Fakes for this iteration (one per labelled patch) and the boundary logits (MRI-GAN only); the MRI-GAN
-        renders ``target`` in the appearance of the unlabelled patches (mixing subjects across the batch)."""
+    def _generate(self, target: torch.Tensor, unlabeled: torch.Tensor | None, reconstruct=None):
+        """Fakes for this iteration (one per labelled patch), the boundary logits (MRI-GAN only) and the
+        reconstructions: the MRI-GAN renders ``target`` in the appearance of the unlabelled patches (mixing subjects
+        across the batch) and, in the same batched pass, ``reconstruct = (image, label)`` patches from themselves
+        (``None``: no reconstructions). G's weights do not change before its step, so one pass serves both."""
         g = unwrap(self.generator)
-        if g.conditional:
-            return self.generator(self._sources(unlabeled, target.shape[0]), tissue_onehot(target, self.num_classes))
-        noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
-        return self.generator(noise), None
+        if not g.conditional:
+            noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
+            return self.generator(noise), None, None
+        n, sources, maps = target.shape[0], self._sources(unlabeled, target.shape[0]), target
+        if reconstruct is not None:
+            sources, maps = torch.cat([sources, reconstruct[0]]), torch.cat([target, reconstruct[1]])
+        out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes))
+        return out[:n], boundary_logits[:n], out[n:] if reconstruct is not None else None
+
+    def _reconstruction_patches(self, image: torch.Tensor, label: torch.Tensor):
+        """``(image, label)`` of the labelled patches G reconstructs this iteration (``reconstruction_patches`` of
+        them, at random), or ``None`` when the reconstruction term is off."""
+        if not self.g_loss_function.weights.get("reconstruction"):
+            return None
+        n = image.shape[0]
+        k = n if self.reconstruction_patches is None else min(self.reconstruction_patches, n)
+        if k <= 0:
+            return None
+        if k == n:
+            return image, label
+        pick = torch.randperm(n, device=image.device)[:k]
+        return image[pick], label[pick]
 
     def _fake_class_patches(self, fake, target, unlabeled):
         """Patches for the K+1-th class: the generator's fakes, or with ``fake_maps="permuted"`` renderings of the maps
@@ -253,15 +278,18 @@ class SemiSupervisedGanTrainer(Trainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
-        unlabeled = self._next_unlabeled(engine) if self.unlabeled_data_loader is not None else None
+        with record_function("unlabelled batch"):
+            unlabeled = self._next_unlabeled(engine) if self.unlabeled_data_loader is not None else None
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
-        fake = boundary_logits = target = None
+        fake = boundary_logits = target = reconstruction = reconstruct = None
         if self.generator is not None:
             self.generator.train()
-            target = self._target_maps(label) if unwrap(self.generator).conditional else label
-            with self._autocast():
-                fake, boundary_logits = self._generate(target, unlabeled)
+            conditional = unwrap(self.generator).conditional
+            target = self._target_maps(label) if conditional else label
+            reconstruct = self._reconstruction_patches(image, label) if conditional else None
+            with self._autocast(), record_function("generator forward"):
+                fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct)
             output["fake"], output["fake_label"] = fake.detach(), target
         ramp = self.gan_ramp(engine.state.iteration)
         weights = self.d_loss_function.weights
@@ -276,7 +304,7 @@ class SemiSupervisedGanTrainer(Trainer):
         # all of them are restored when the step is skipped
         buffers = [(b, b.clone()) for b in unwrap(self.network).buffers()]
         self.d_optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self._autocast(), record_function("discriminator forward"):
             real = image if unlabeled_d is None else torch.cat([image, unlabeled_d])
             logits = self.network(real)
             generated_logits = real_stats = None
@@ -294,7 +322,8 @@ class SemiSupervisedGanTrainer(Trainer):
         output[Keys.PRED] = split[0].detach()
         d_ok = self._finite(engine, d_terms, "discriminator")
         if d_ok:
-            self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
+            with record_function("discriminator backward and update"):
+                self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
         for (buffer, before), real_only in zip(buffers, real_stats or [None] * len(buffers)):
             if not d_ok or real_only is not None:  # after the backward pass, which needs the buffers unchanged
                 buffer.copy_(before if not d_ok else real_only)
@@ -303,7 +332,11 @@ class SemiSupervisedGanTrainer(Trainer):
 
         g_ok = True
         if self.generator is not None:
-            g_ok = self._generator_step(engine, output, image, label, target, unlabeled, fake, boundary_logits)
+            with record_function("generator step"):
+                g_ok = self._generator_step(
+                    engine, output, image, label, target, unlabeled, fake, boundary_logits,
+                    reconstruction, None if reconstruct is None else reconstruct[0],
+                )
 
         self._count_nonfinite(engine, d_ok and g_ok)
         engine.state.output = [output]
@@ -318,7 +351,9 @@ class SemiSupervisedGanTrainer(Trainer):
                 f"(iteration {engine.state.iteration}); lower the learning rates or turn AMP off"
             )
 
-    def _generator_step(self, engine, output, image, label, target, unlabeled, fake, boundary_logits) -> bool:
+    def _generator_step(
+        self, engine, output, image, label, target, unlabeled, fake, boundary_logits, reconstruction, original
+    ) -> bool:
         """Update G against the frozen D.
 
         The MRI-GAN generator's terms (scripts.losses.GeneratorLoss): class-wise feature matching of the fakes
@@ -343,13 +378,11 @@ class SemiSupervisedGanTrainer(Trainer):
                 real_features = torch.split(seen_features[self.feature_layer], sizes)[0]
                 source_probs = None if sources is None else torch.softmax(torch.split(seen_logits, sizes)[1].float(), 1)
             fake_logits, fake_features = discriminator.forward_features(fake)
-            reconstruction = None
-            if conditional and loss.weights.get("reconstruction"):
-                reconstruction = self.generator(image, tissue_onehot(label, self.num_classes))[0]
             g_terms = loss(
                 real_features, fake_features[self.feature_layer], fake_logits,
                 label=label if conditional else None, fake_label=target if conditional else None,
-                boundary_logits=boundary_logits, reconstruction=reconstruction, reconstruction_target=image,
+                boundary_logits=boundary_logits, reconstruction=reconstruction,
+                reconstruction_target=original,
                 fake=fake, source=sources, source_probs=source_probs,
             )  # fmt: skip
         ok = self._finite(engine, g_terms, "generator")

@@ -52,8 +52,10 @@ CLI (from the bundle root)::
 """
 
 import json
+import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import fire
@@ -766,41 +768,56 @@ def _to_int16(image, signed=False):
 def _write_iseg_files(folder, num_labeled, num_unlabeled, shape, seed, cohort=False, head=False, randomize=False,
                       folded=False, preset="infant"):
     """Write the iSEG-2017 files of all subjects into ``folder``; returns the subject ids."""
-    ids = []
-    for index in range(1, num_labeled + num_unlabeled + 1):
-        subject = make_subject(shape, preset, _subject_seed(seed, index), cohort=cohort, head=head,
-                               randomize=randomize, folded=folded, modalities=("t1", "t2"))
-        name = f"subject-{index}"
-        volumes = {"T1": _to_int16(subject["images"]["t1"], head), "T2": _to_int16(subject["images"]["t2"], head)}
-        if index <= num_labeled:
-            volumes["label"] = _ISEG_LABEL_VALUES[subject["label"]]
-        for suffix, volume in volumes.items():
-            image = nib.AnalyzeImage(volume, np.eye(4))
-            nib.save(image, folder / f"{name}-{suffix}.hdr")
-        ids.append(name)
-    return ids
+    options = {"cohort": cohort, "head": head, "randomize": randomize, "folded": folded}
+    return _map_subjects(_write_iseg_subject, num_labeled + num_unlabeled, folder, num_labeled, shape, seed, preset,
+                         options)  # fmt: skip
+
+
+def _write_iseg_subject(index, folder, num_labeled, shape, seed, preset, options):
+    subject = make_subject(shape, preset, _subject_seed(seed, index), modalities=("t1", "t2"), **options)
+    name = f"subject-{index}"
+    head = options["head"]
+    volumes = {"T1": _to_int16(subject["images"]["t1"], head), "T2": _to_int16(subject["images"]["t2"], head)}
+    if index <= num_labeled:
+        volumes["label"] = _ISEG_LABEL_VALUES[subject["label"]]
+    for suffix, volume in volumes.items():
+        nib.save(nib.AnalyzeImage(volume, np.eye(4)), folder / f"{name}-{suffix}.hdr")
+    return name
 
 
 def _write_mrbrains13_files(folder, num_labeled, num_unlabeled, shape, seed, spacing, head=False, randomize=False,
                             folded=False):
     """Write the MRBrainS13 files of all subjects into ``folder``; returns the subject folders."""
+    options = {"head": head, "randomize": randomize, "folded": folded}
+    return _map_subjects(_write_mrbrains13_subject, num_labeled + num_unlabeled, folder, num_labeled, shape, seed,
+                         spacing, options)  # fmt: skip
+
+
+def _write_mrbrains13_subject(index, folder, num_labeled, shape, seed, spacing, options):
+    subject = make_subject(shape, "adult", _subject_seed(seed, index), spacing, **options)
+    labeled = index <= num_labeled
+    subject_dir = Path("TrainingData" if labeled else "TestData") / str(index)
+    volumes = {name: _to_int16(subject["images"][modality], options["head"])
+               for name, modality in (("T1", "t1"), ("T1_IR", "t1_ir"), ("T2_FLAIR", "flair"))}
+    if labeled:
+        volumes["LabelsForTraining"] = subject["structures"]
+        volumes["LabelsForTesting"] = _STRUCTURE_TO_TESTING_LABEL[subject["structures"]]
+    (folder / subject_dir).mkdir(parents=True)
     affine = np.diag([*spacing, 1.0])
-    ids = []
-    for index in range(1, num_labeled + num_unlabeled + 1):
-        subject = make_subject(shape, "adult", _subject_seed(seed, index), spacing, head=head, randomize=randomize,
-                               folded=folded)
-        labeled = index <= num_labeled
-        subject_dir = Path("TrainingData" if labeled else "TestData") / str(index)
-        volumes = {name: _to_int16(subject["images"][modality], head)
-                   for name, modality in (("T1", "t1"), ("T1_IR", "t1_ir"), ("T2_FLAIR", "flair"))}
-        if labeled:
-            volumes["LabelsForTraining"] = subject["structures"]
-            volumes["LabelsForTesting"] = _STRUCTURE_TO_TESTING_LABEL[subject["structures"]]
-        (folder / subject_dir).mkdir(parents=True)
-        for name, volume in volumes.items():
-            _save_nifti(volume, affine, folder / subject_dir / f"{name}.nii")
-        ids.append(subject_dir.as_posix())
-    return ids
+    for name, volume in volumes.items():
+        _save_nifti(volume, affine, folder / subject_dir / f"{name}.nii")
+    return subject_dir.as_posix()
+
+
+def _map_subjects(write_subject, count, *args):
+    """``write_subject(index, *args)`` for index 1..count, in one process per CPU core (each subject has its own
+    seed, so the files are the same however many processes write them); returns the results in index order."""
+    workers = min(count, len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        return [write_subject(index, *args) for index in range(1, count + 1)]
+    # fork: the children need nothing re-imported; they run numpy and scipy only, never torch
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(write_subject, range(1, count + 1), *([a] * count for a in args)))
 
 
 def _save_nifti(volume, affine, path):
