@@ -217,3 +217,16 @@ def test_reconstructions_share_the_fakes_generator_pass(patches):
     assert torch.allclose(reconstruction, gen(reconstruct[0], tissue_onehot(reconstruct[1]))[0], atol=1e-5)
     trainer.g_loss_function.weights["reconstruction"] = 0.0
     assert trainer._reconstruction_patches(image, label) is None
+
+
+def test_generator_idle_until_its_start():
+    """Before ``generator_start`` iterations G neither generates nor trains; D trains on labelled patches alone."""
+    trainer, net, gen = _trainer("mri", generator_start=1)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((set(e.state.output[0]), _params(gen))))
+    g0 = _params(gen)
+    trainer.run()
+    (first, g1), (second, g2) = seen
+    assert "fake" not in first and not any(k.startswith("loss_g_") for k in first)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))  # idle in iteration 1
+    assert "fake" in second and "loss_g_total" in second and any(not torch.equal(a, b) for a, b in zip(g1, g2))

@@ -70,8 +70,8 @@ class SemiSupervisedGanTrainer(Trainer):
 
     Batch norm sees real patches only: D's running statistics come from one pass over the labelled and unlabelled
     patches; the generated patches go through a second pass whose running-statistics update is undone. For the
-    first ``warmup_iterations`` D learns from labelled patches only, while the generator already trains against it;
-    then the unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
+    first ``warmup_iterations`` D learns from labelled patches only; the generator starts after ``generator_start``
+    iterations (configs/train.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
     unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already predicts, so grey matter never
     emerges (measurements in docs/README.md). In the generator step D is frozen in evaluation mode (running
     statistics, no weight gradients); one no-grad pass gives the real features and D's tissue probabilities on the
@@ -96,6 +96,8 @@ class SemiSupervisedGanTrainer(Trainer):
         feature_layer: key of ``forward_features`` matched by the generator (``"last"`` or ``"bottleneck"``).
         warmup_iterations: iterations before the discriminator's unlabelled, fake and synthetic terms start.
         rampup_iterations: iterations over which those terms then grow linearly to their full weight.
+        generator_start: iterations before the generator starts (it neither generates nor trains before): set to
+            ``warmup_iterations``, the warm-up is supervised training of D alone, at a third of the cost.
         flip_maps: flip each generating tissue map left-right with probability 0.5 (MRI-GAN).
         deform_maps: standard deviation (voxels) of the smooth random displacement that warps each generating map.
         reconstruction_patches: labelled patches per iteration that G reconstructs from themselves for its
@@ -122,6 +124,7 @@ class SemiSupervisedGanTrainer(Trainer):
         feature_layer: str = "last",
         warmup_iterations: int = 0,
         rampup_iterations: int = 0,
+        generator_start: int = 0,
         flip_maps: bool = True,
         fake_maps: str = "same",
         deform_maps: float = 0.0,
@@ -162,6 +165,7 @@ class SemiSupervisedGanTrainer(Trainer):
         self._unlabeled_iter: Iterator | None = None
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
         self.warmup_iterations, self.rampup_iterations = int(warmup_iterations), int(rampup_iterations)
+        self.generator_start = int(generator_start)
         self.flip_maps = bool(flip_maps)
         if fake_maps not in ("same", "permuted"):
             raise ValueError(f"fake_maps must be 'same' or 'permuted', got {fake_maps!r}")
@@ -283,7 +287,8 @@ class SemiSupervisedGanTrainer(Trainer):
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
         fake = boundary_logits = target = reconstruction = reconstruct = None
-        if self.generator is not None:
+        generating = self.generator is not None and engine.state.iteration > self.generator_start
+        if generating:
             self.generator.train()
             conditional = unwrap(self.generator).conditional
             target = self._target_maps(label) if conditional else label
@@ -331,7 +336,7 @@ class SemiSupervisedGanTrainer(Trainer):
         output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
 
         g_ok = True
-        if self.generator is not None:
+        if generating:
             with record_function("generator step"):
                 g_ok = self._generator_step(
                     engine, output, image, label, target, unlabeled, fake, boundary_logits,
