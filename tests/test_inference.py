@@ -252,3 +252,17 @@ def test_failed_run_leaves_volume_csv_as_it_was(bundle_root, tmp_path, monkeypat
     assert (out / "case01_seg.nii.gz").stat().st_mtime_ns != seg_time  # the run got past case01
     assert (out / "tissue_volumes.csv").read_bytes() == before
     assert not list(out.glob(".tissue_volumes.csv.*"))  # no temporary file left
+
+
+def test_inference_benchmark_repeats_into_its_output_folder(bundle_root, tmp_path, monkeypatch):
+    """The benchmark runs the workflow several times into one temporary folder; the overwrite guard must let it."""
+    from scripts.benchmark_inference import _write_volume, measure
+    from scripts.networks import Segmenter
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_volume(data, (32, 40, 48), seed=0)
+    torch.save(Segmenter(2, 4).state_dict(), tmp_path / "net.pt")
+    monkeypatch.chdir(bundle_root)
+    result = measure(str(data), str(tmp_path / "out"), str(tmp_path / "net.pt"), "cpu", repeats=1)
+    assert len(result["seconds_all"]) == 2 and (tmp_path / "out" / "bench_seg.nii.gz").exists()

@@ -57,6 +57,7 @@ def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats
         ckpt_path=ckpt_path,
         device=f"$torch.device('{device}')",
         amp=False,
+        overwrite=True,  # the repeats write the same outputs into this temporary folder
         **({"roi_size": list(roi_size)} if roi_size else {}),
     )
     workflow.initialize()
