@@ -181,3 +181,16 @@ def test_schedule_in_iterations_and_no_best_model_from_the_warmup(bundle_root, v
     validation = next(h for h in parser["train"]["handlers"] if h["_target_"].endswith("FinalValidation"))
     assert parser.get_parsed_content(f"train#handlers#{parser['train']['handlers'].index(validation)}#start_iteration",
                                      lazy=False) == start  # fmt: skip
+
+
+@pytest.mark.parametrize("fast, start, patches", [(False, 0, None), (True, 150, 2)])
+def test_fast_override_idles_the_generator_through_the_warmup(bundle_root, fast, start, patches):
+    """configs/fast.yaml: G idle until the end of the warm-up and 2 reconstructions per iteration; the default keeps
+    0.4.0's generator schedule (docs/speed.md: the fast settings cost some accuracy)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / f) for f in ["train.yaml"] + (["fast.yaml"] if fast else [])])
+    parser["bundle_root"] = str(bundle_root)
+    assert parser.get_parsed_content("train#trainer#generator_start", lazy=False) == start
+    assert parser.get_parsed_content("train#trainer#reconstruction_patches", lazy=False) == patches
