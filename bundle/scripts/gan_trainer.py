@@ -71,7 +71,8 @@ class SemiSupervisedGanTrainer(Trainer):
     Batch norm sees real patches only: D's running statistics come from one pass over the labelled and unlabelled
     patches; the generated patches go through a second pass whose running-statistics update is undone. For the
     first ``warmup_iterations`` D learns from labelled patches only; the generator starts after ``generator_start``
-    iterations (configs/train.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
+    iterations (configs/fast.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the
+    unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
     unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already predicts, so grey matter never
     emerges (measurements in docs/README.md). In the generator step D is frozen in evaluation mode (running
     statistics, no weight gradients); one no-grad pass gives the real features and D's tissue probabilities on the
