@@ -223,10 +223,18 @@ class SemiSupervisedGanTrainer(Trainer):
             noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
             return self.generator(noise), None, None
         n, sources, maps = target.shape[0], self._sources(unlabeled, target.shape[0]), target
+        probs = self._source_probs(sources) if g.source_statistics else None
         if reconstruct is not None:
             sources, maps = torch.cat([sources, reconstruct[0]]), torch.cat([target, reconstruct[1]])
-        out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes))
+            if probs is not None:  # a labelled patch's tissues are known
+                probs = torch.cat([probs, tissue_onehot(reconstruct[1], self.num_classes)])
+        out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes), source_probs=probs)
         return out[:n], boundary_logits[:n], out[n:] if reconstruct is not None else None
+
+    def _source_probs(self, sources: torch.Tensor) -> torch.Tensor:
+        """The frozen segmenter's tissue probabilities on the source patches (``source_statistics`` generators)."""
+        with frozen(self.network), torch.no_grad():
+            return torch.softmax(unwrap(self.network)(sources).float(), dim=1)
 
     def _reconstruction_patches(self, image: torch.Tensor, label: torch.Tensor):
         """``(image, label)`` of the labelled patches G reconstructs this iteration (``reconstruction_patches`` of

@@ -9,7 +9,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from .datasets import IGNORE_LABEL
-from .networks.generators import tissue_boundaries, tissue_onehot
+from .networks.generators import class_intensity_statistics, tissue_boundaries, tissue_onehot
 
 
 class LabelledCrossEntropy(nn.Module):
@@ -138,17 +138,6 @@ def class_feature_means(features: torch.Tensor, label: torch.Tensor, num_classes
     mass = weights.sum(dim=(0, 2, 3, 4))
     sums = torch.einsum("bk...,bc...->kc", weights, features.float())
     return sums / mass.clamp_min(1e-6)[:, None], mass > 0
-
-
-def class_intensity_statistics(image: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per sample, class and channel: weighted mean and standard deviation of ``image`` (B, C, *spatial) under the
-    class weights (B, K, *spatial), and the class mass (B, K) in voxels."""
-    image, weights = image.float(), weights.float()
-    mass = weights.sum(dim=(2, 3, 4))
-    norm = mass.clamp_min(1e-6)[..., None]
-    mean = torch.einsum("bk...,bc...->bkc", weights, image) / norm
-    square = torch.einsum("bk...,bc...->bkc", weights, image * image) / norm
-    return mean, torch.sqrt((square - mean * mean).clamp_min(0) + 1e-6), mass
 
 
 class GeneratorLoss(nn.Module):

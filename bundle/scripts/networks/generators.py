@@ -52,6 +52,17 @@ def tissue_onehot(label: Tensor, num_classes: int = 4) -> Tensor:
     return (label.long() == classes).float()
 
 
+def class_intensity_statistics(image: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample, class and channel: weighted mean and standard deviation (B, K, C) of ``image`` (B, C, *spatial)
+    under the class weights (B, K, *spatial), and the class mass (B, K) in voxels."""
+    image, weights = image.float(), weights.float()
+    mass = weights.sum(dim=tuple(range(2, weights.ndim)))
+    norm = mass.clamp_min(1e-6)[..., None]
+    mean = torch.einsum("bk...,bc...->bkc", weights, image) / norm
+    square = torch.einsum("bk...,bc...->bkc", weights, image * image) / norm
+    return mean, torch.sqrt((square - mean * mean).clamp_min(0) + 1e-6), mass
+
+
 def tissue_boundaries(label: Tensor, num_classes: int = 4) -> Tensor:
     """Tissue-boundary map of a label map by morphological gradient over the full 3x3x3 neighbourhood.
 
@@ -113,6 +124,11 @@ class MRIGANGenerator(nn.Module):
             features. The GT-Layers normalise away the source features' own statistics, so without it the source's
             contrast can reach the output only through its normalised spatial pattern, which belongs to another
             place, or subject, than the tissue map.
+        source_statistics: condition on the source's class-wise intensity statistics: ``forward`` then takes the
+            source's tissue probabilities (the segmenter's), the per-class mean and standard deviation of every source
+            channel join the code, and the output is ``tanh(residual + atanh(base))``, where ``base`` paints each
+            tissue of ``y`` with the source's mean intensity of that tissue. The contrast of the source then reaches
+            the fake directly; the network learns the texture, partial volume and bias around it.
         gt_hidden: hidden width of the GT-Layer MLPs.
     """
 
@@ -127,13 +143,14 @@ class MRIGANGenerator(nn.Module):
         noise_dim: int = 0,
         gt_hidden: int = 64,
         source_code_dim: int = 0,
+        source_statistics: bool = False,
     ):
         super().__init__()
         features = tuple(int(f) for f in features)
         if len(features) < 2:
             raise ValueError("features needs at least two levels")
-        self.features, self.noise_dim = features, noise_dim
-        full_code = code_dim + noise_dim + source_code_dim
+        self.features, self.noise_dim, self.source_statistics = features, noise_dim, bool(source_statistics)
+        full_code = code_dim + noise_dim + source_code_dim + (2 * num_classes * in_channels if source_statistics else 0)
         self.mri_encoder = _encoder(in_channels, features)
         self.tissue_encoder = _encoder(num_classes, features)
         self.code_fc = nn.Linear(features[-1], code_dim)
@@ -153,8 +170,11 @@ class MRIGANGenerator(nn.Module):
         self.act = nn.LeakyReLU(0.2)
         self.final = Convolution(3, features[0], in_channels, kernel_size=1, conv_only=True)
 
-    def forward(self, mri: Tensor, label_onehot: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Returns ``(fake, boundary_logits)``: fake (B, C, *spatial) in (-1, 1), logits (B, 1, *spatial)."""
+    def forward(
+        self, mri: Tensor, label_onehot: Tensor, noise: Tensor | None = None, source_probs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Returns ``(fake, boundary_logits)``: fake (B, C, *spatial) in (-1, 1), logits (B, 1, *spatial).
+        ``source_probs`` (B, K, *spatial): tissue probabilities of ``mri``, needed with ``source_statistics``."""
         factor = 2 ** (len(self.features) - 1)
         if any(s % factor for s in mri.shape[2:]) or mri.shape[2:] != label_onehot.shape[2:]:
             raise ValueError(
@@ -173,6 +193,13 @@ class MRIGANGenerator(nn.Module):
             if noise is None:
                 noise = torch.randn(code.shape[0], self.noise_dim, device=code.device, dtype=code.dtype)
             code = torch.cat([code, noise], dim=1)
+        base = None
+        if self.source_statistics:
+            if source_probs is None or source_probs.shape[1] != label_onehot.shape[1]:
+                raise ValueError("a generator with source_statistics needs source_probs (B, K, *spatial)")
+            mean, std, _ = class_intensity_statistics(mri, source_probs)
+            code = torch.cat([code, mean.flatten(1).to(code.dtype), std.flatten(1).to(code.dtype)], dim=1)
+            base = torch.einsum("bk...,bkc->bc...", label_onehot.float(), mean)
         if self.source_fc is not None:
             h32 = h.float()
             statistics = torch.cat([h32.mean(dim=(2, 3, 4)), h32.std(dim=(2, 3, 4))], dim=1)
@@ -185,7 +212,10 @@ class MRIGANGenerator(nn.Module):
             if i == len(self.ups) - 1:
                 parts.append(torch.sigmoid(boundary_logits))
             x = self.act(gt(fuse(torch.cat(parts, dim=1)), code))
-        return torch.tanh(self.final(x)), boundary_logits
+        out = self.final(x)
+        if base is not None:
+            out = out.float() + torch.atanh(base.clamp(-0.99, 0.99))
+        return torch.tanh(out), boundary_logits
 
 
 class StandardGANGenerator(nn.Module):
