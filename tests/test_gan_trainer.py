@@ -230,3 +230,23 @@ def test_generator_idle_until_its_start():
     assert "fake" not in first and not any(k.startswith("loss_g_") for k in first)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1))  # idle in iteration 1
     assert "fake" in second and "loss_g_total" in second and any(not torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_source_statistics_generator_gets_the_segmenter_probabilities_and_known_tissues():
+    """A source_statistics generator renders the fakes with the frozen segmenter's probabilities on their sources
+    and the reconstructions with their own labels; training with it updates both networks."""
+    trainer, net, _ = _trainer("mri")
+    gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
+    trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
+    trainer.g_loss_function.weights["reconstruction"] = 1.0
+    batch, unlabeled = _batches(1)[0], _batches(1, with_label=False, seed=3)[0]["image"]
+    seen = []
+    gen.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["source_probs"]), with_kwargs=True)
+    trainer._generate(batch["label"], unlabeled, (batch["image"], batch["label"]))
+    with frozen(net), torch.no_grad():
+        expected = torch.softmax(net(unlabeled), dim=1)
+    assert torch.allclose(seen[0][:2], expected, atol=1e-6)
+    assert torch.equal(seen[0][2:], tissue_onehot(batch["label"]))
+    d0, g0 = _params(net), _params(gen)
+    trainer.run()
+    assert _changed(d0, net) and _changed(g0, gen) and trainer.state.nonfinite_steps == 0

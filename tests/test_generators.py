@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scripts.networks.generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries
+from scripts.networks.generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries, tissue_onehot
 
 
 def _one_hot(label: torch.Tensor, k: int = 4) -> torch.Tensor:
@@ -110,3 +110,39 @@ def test_source_appearance_code_reaches_the_output():
         coded.source_fc.bias.add_(1.0)  # the code alone changes
         after = coded(source, label)[0]
     assert not torch.allclose(before, after)
+
+
+def test_source_statistics_paint_the_map_with_the_source_tissue_means():
+    """With source_statistics and no residual, the fake is the target map painted with the source's class-wise mean
+    intensities (hand-computed: the source is constant per tissue, the probabilities are its one-hot tissues)."""
+    torch.manual_seed(0)
+    gen = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, noise_dim=2, source_statistics=True)
+    src_tissue = torch.randint(0, 4, (1, 8, 8, 8))
+    values = torch.tensor([[-1.0, 0.5, -0.2, 0.3], [-1.0, -0.4, 0.1, 0.6]])  # modality x tissue
+    source = values[:, src_tissue[0]].unsqueeze(0)  # (1, 2, 8, 8, 8)
+    probs = torch.nn.functional.one_hot(src_tissue, 4).permute(0, 4, 1, 2, 3).float()
+    target = torch.randint(0, 4, (1, 8, 8, 8))
+    with torch.no_grad():
+        gen.final.conv.weight.zero_()
+        gen.final.conv.bias.zero_()
+        fake, _ = gen(source, tissue_onehot(target[:, None]), source_probs=probs)
+    expected = values[:, target[0]].clamp(-0.99, 0.99).unsqueeze(0)
+    assert torch.allclose(fake, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="source_probs"):
+        gen(source, tissue_onehot(target[:, None]))
+
+
+def test_source_statistics_join_the_code():
+    """The GT-Layers' code ends with the source's per-tissue mean and standard deviation (hand-computed)."""
+    torch.manual_seed(0)
+    gen = MRIGANGenerator(1, 2, features=(4, 8), code_dim=4, noise_dim=0, source_statistics=True)
+    probs = torch.zeros(1, 2, 8, 8, 8)
+    probs[:, 0, :4], probs[:, 1, 4:] = 1.0, 1.0
+    source = torch.zeros(1, 1, 8, 8, 8)
+    source[:, :, :4, :, :4], source[:, :, :4, :, 4:] = -0.8, -0.4  # tissue 0: mean -0.6, std 0.2
+    source[:, :, 4:] = 0.5  # tissue 1: mean 0.5, std 0
+    seen = []
+    gen.gt_bottleneck.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    gen(source, probs.flip(2), source_probs=probs)
+    assert seen[0].shape == (1, 4 + 2 * 2)
+    assert torch.allclose(seen[0][0, 4:], torch.tensor([-0.6, 0.5, 0.2, 0.0]), atol=2e-3)
