@@ -250,3 +250,27 @@ def test_source_statistics_generator_gets_the_segmenter_probabilities_and_known_
     d0, g0 = _params(net), _params(gen)
     trainer.run()
     assert _changed(d0, net) and _changed(g0, gen) and trainer.state.nonfinite_steps == 0
+
+
+def test_gradient_scalers_are_saved_in_the_last_checkpoint_and_resumed(tmp_path):
+    """float16 mixed precision: both scalers' scale and growth tracker go into last.pt and come back on resume."""
+    from scripts.checkpoint import LastCheckpoint, resume
+
+    def build(init_scale):
+        trainer, net, gen = _trainer()
+        trainer.d_scaler, trainer.g_scaler = (torch.amp.GradScaler("cpu", init_scale, growth_interval=3) for _ in "dg")
+        return trainer, {"network": net, "generator": gen}
+
+    trainer, objects = build(init_scale=256.0)
+    LastCheckpoint(objects, tmp_path / "last.pt").attach(trainer)
+    trainer.run()  # 2 steps each: the growth trackers are at 2
+    fresh, fresh_objects = build(init_scale=2.0**16)
+    resume(fresh, fresh_objects, tmp_path / "last.pt")
+    for name in ("d_scaler", "g_scaler"):
+        saved, resumed = getattr(trainer, name), getattr(fresh, name)
+        assert resumed.get_scale() == saved.get_scale() == 256.0 and resumed.state_dict() == saved.state_dict()
+        assert resumed.state_dict()["_growth_tracker"] == 2
+
+    LastCheckpoint({}, tmp_path / "plain.pt")(_trainer()[0])  # a run without loss scaling (CPU, bfloat16) ...
+    resume(fresh, {}, tmp_path / "plain.pt")
+    assert fresh.d_scaler.get_scale() == 256.0  # ... leaves the scalers as they are

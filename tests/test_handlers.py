@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 from ignite.engine import Engine
+from ignite.metrics import Metric
 
 from scripts.handlers import TissueCollapseWarning, loss_terms
 
@@ -178,3 +179,73 @@ def test_final_validation_waits_for_the_gan_terms(epochs, validated):
     FinalValidation(validator=validator, interval=2, start_iteration=2).attach(trainer)
     trainer.run([0], max_epochs=epochs)  # one iteration per epoch
     assert seen == validated
+
+
+class _Scripted(Metric):
+    """A validation metric whose value is the next of ``values`` at every validation."""
+
+    def __init__(self, values):
+        self.values = iter(values)
+        super().__init__()
+
+    def reset(self):
+        pass
+
+    def update(self, output):
+        pass
+
+    def compute(self):
+        return next(self.values)
+
+
+def _validated_training(tmp_path, dice):
+    """A trainer (2 iterations per epoch, each adding 1 to the network's bias) validated after every epoch by a MONAI
+    evaluator whose mean Dice is the next of ``dice`` (tissues: +0.01, +0.02, +0.03); best weights to model.pt."""
+    from scripts.checkpoint import BestCheckpoint, BundleWeights
+    from scripts.handlers import BestValidation
+
+    from monai.engines import Evaluator
+    from monai.handlers import ValidationHandler
+
+    net = torch.nn.Linear(1, 1)
+    torch.nn.init.zeros_(net.bias)
+    tissues = [{f"val_dice_{t}": d + k / 100 for k, t in enumerate(("CSF", "GM", "WM"), start=1)} for d in dice]
+    validator = Evaluator(
+        device="cpu", val_data_loader=[0], iteration_update=lambda e, b: None,
+        key_val_metric={"val_mean_dice": _Scripted(dice)}, additional_metrics={"val_dice": _Scripted(tissues)},
+        val_handlers=[BestCheckpoint(BundleWeights(net), tmp_path / "model.pt")],
+    )  # fmt: skip
+    trainer = Engine(lambda e, b: net.bias.data.add_(1.0))
+    ValidationHandler(validator=validator, interval=1, epoch_level=True).attach(trainer)
+    best = BestValidation(validator)
+    best.attach(trainer)
+    return trainer, best
+
+
+def test_the_run_reports_the_best_model_not_the_last_validation(tmp_path, capsys):
+    from scripts.reporting import print_validation_dice
+
+    trainer, best = _validated_training(tmp_path, [0.7, 0.8, 0.6])
+    trainer.run([0, 0], max_epochs=3)
+    assert (best.epoch, best.iteration) == (2, 4) and float(torch.load(tmp_path / "model.pt")["bias"]) == 4
+    assert print_validation_dice(best) == pytest.approx({"CSF": 0.81, "GM": 0.82, "WM": 0.83})
+    assert capsys.readouterr().out.splitlines() == [
+        "Validation Dice per tissue (best model, epoch 2, iteration 4): CSF 0.8100, GM 0.8200, WM 0.8300",
+        "Mean Dice 0.8000 (last validation, epoch 3: 0.6000)",
+    ]
+
+
+def test_a_resumed_run_replaces_the_best_model_only_with_a_better_one(tmp_path):
+    """--resume: the best validation so far, kept in last.pt, is the bar the restarted evaluator's model must pass."""
+    from scripts.checkpoint import LastCheckpoint, resume
+
+    trainer, best = _validated_training(tmp_path, [0.7, 0.8])
+    LastCheckpoint({"best_validation": best}, tmp_path / "last.pt").attach(trainer)
+    trainer.run([0, 0], max_epochs=2)
+    for dice, saved_at in ((0.75, 4), (0.9, 2)):  # worse than epoch 2's 0.8: kept; better: epoch 3's weights
+        trainer, best = _validated_training(tmp_path, [dice])
+        trainer.state.max_epochs = 3
+        resume(trainer, {"best_validation": best}, tmp_path / "last.pt")
+        trainer.run([0, 0])
+        assert float(torch.load(tmp_path / "model.pt")["bias"]) == saved_at  # bias: iterations trained in this run
+    assert (best.epoch, best.iteration, best.metrics["val_dice_WM"]) == (3, 6, pytest.approx(0.93))

@@ -58,3 +58,28 @@ def test_sigkill_mid_epoch_then_resume(bundle_root, tmp_path):
     assert float(final["optimizer"]["state"][0]["step"]) == EPOCHS * EPOCH_LENGTH  # no step lost or repeated
     assert (tmp_path / "models" / "model.pt").exists()
     assert not [p.name for p in last.parent.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_resume_keeps_the_best_model_and_reports_it(bundle_root, tmp_path):
+    """last.pt holds the best validation (and the gradient scalers): a resumed run that validates worse keeps
+    model.pt, and ends by reporting the best model's Dice, epoch and iteration, from before the resume."""
+    models = tmp_path / "models"
+    args = [
+        "--config_file", "configs/train.yaml", "--epoch_length", "1", "--val_interval", "1",
+        "--gan_warmup_iterations", "0", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+        "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(models),
+    ]  # fmt: skip
+    _bundle(bundle_root, "training", *args, "--epochs", "1")
+    last = torch.load(models / "last.pt", map_location="cpu", weights_only=False)
+    assert {"d_scaler", "g_scaler"} <= set(last["trainer"])  # empty without float16 loss scaling
+    record = last["best_validation"]
+    assert (record["best_metric_epoch"], record["iteration"]) == (1, 1)
+    record["best_metric"] = 1.0  # a mean Dice no model passes: epoch 2 validates worse
+    torch.save(last, models / "last.pt")
+    best = {name: (models / name).read_bytes() for name in ("model.pt", "generator.pt")}
+
+    out = _bundle(bundle_root, "training", *args, "--epochs", "2", "--resume", "true")
+    assert "resuming from iteration 1, epoch 1" in out and "last validation, epoch 2" in out
+    assert {name: (models / name).read_bytes() for name in best} == best
+    dice = ", ".join(f"{t} {record['metrics'][f'val_dice_{t}']:.4f}" for t in ("CSF", "GM", "WM"))
+    assert f"Validation Dice per tissue (best model, epoch 1, iteration 1): {dice}" in out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -106,7 +107,7 @@ class SemiSupervisedGanTrainer(Trainer):
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         num_classes: tissue classes K.
-        amp: mixed precision (CUDA), with one gradient scaler per network.
+        amp: mixed precision (CUDA), with one gradient scaler per network (in ``state_dict``, hence in last.pt).
         Other arguments are those of ``monai.engines.Trainer``.
     """
 
@@ -180,6 +181,18 @@ class SemiSupervisedGanTrainer(Trainer):
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=scale)
         self.state.nonfinite_steps = 0
         self._consecutive_nonfinite = 0
+
+    def state_dict(self) -> OrderedDict:
+        """Ignite's engine state and the gradient scalers' (empty unless float16 mixed precision scales the losses)."""
+        scalers = {"d_scaler": self.d_scaler.state_dict(), "g_scaler": self.g_scaler.state_dict()}
+        return OrderedDict(super().state_dict(), **scalers)
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Ignite's ``load_state_dict``; also restores the scalers if saved by a run with float16 loss scaling."""
+        super().load_state_dict(state_dict)
+        for name in ("d_scaler", "g_scaler"):
+            if state_dict.get(name):
+                getattr(self, name).load_state_dict(state_dict[name])
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()

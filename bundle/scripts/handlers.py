@@ -10,6 +10,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import ValidationHandler
+from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -64,6 +65,44 @@ class FinalValidation(ValidationHandler):
     def _after_last_epoch(self, engine: Engine) -> None:
         if engine.state.epoch % self.interval or engine.state.iteration <= self.start_iteration:
             super().__call__(engine)
+
+
+class BestValidation:
+    """Trainer handler that records the validation of the best model (the one ``BestCheckpoint`` saved): the
+    validator's best key metric and epoch, the trainer's iteration then and every scalar metric of that validation.
+
+    Attach after ``FinalValidation`` and before ``LastCheckpoint``, which saves it: it is ``state_dict``-able, and
+    ``load_state_dict`` also restores the validator's best key metric and epoch, so that a resumed run replaces the
+    best checkpoint only with a better model (a new MONAI evaluator starts from a best of -1).
+    """
+
+    def __init__(self, validator: Engine):
+        self.validator = validator
+        self.iteration, self.metrics = 0, {}
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the best validation (-1 before any)."""
+        return self.validator.state.best_metric_epoch
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self)  # after FinalValidation's validation of the last epoch
+
+    def __call__(self, engine: Engine) -> None:
+        if self.epoch == engine.state.epoch:
+            self.iteration = engine.state.iteration
+            self.metrics = {k: float(v) for k, v in self.validator.state.metrics.items() if is_scalar(v)}
+
+    def state_dict(self) -> dict:
+        state = self.validator.state
+        return {"best_metric": float(state.best_metric), "best_metric_epoch": self.epoch, "iteration": self.iteration,
+                "metrics": self.metrics}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.validator.state.best_metric = state_dict["best_metric"]
+        self.validator.state.best_metric_epoch = state_dict["best_metric_epoch"]
+        self.iteration, self.metrics = state_dict["iteration"], dict(state_dict["metrics"])
 
 
 class GanImageHandler:
