@@ -93,7 +93,8 @@ class SemiSupervisedGanTrainer(Trainer):
         generator: ``MRIGANGenerator``, ``StandardGANGenerator`` or ``None`` (supervised).
             Both networks may be wrapped in ``DistributedDataParallel`` (configs/multi_gpu_train.yaml).
         d_optimizer / g_optimizer: optimisers of D and G.
-        d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``.
+        d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``;
+            both are moved to ``device``.
         feature_layer: key of ``forward_features`` matched by the generator (``"last"`` or ``"bottleneck"``).
         warmup_iterations: iterations before the discriminator's unlabelled, fake and synthetic terms start.
         rampup_iterations: iterations over which those terms then grow linearly to their full weight.
@@ -161,7 +162,9 @@ class SemiSupervisedGanTrainer(Trainer):
         )
         self.network, self.generator = network, generator
         self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
-        self.d_loss_function, self.g_loss_function = d_loss_function, g_loss_function
+        # on the training device: their buffers (class weights) meet the logits there
+        self.d_loss_function = d_loss_function.to(self.state.device)
+        self.g_loss_function = None if g_loss_function is None else g_loss_function.to(self.state.device)
         self.unlabeled_data_loader = unlabeled_data_loader
         self._unlabeled_iter: Iterator | None = None
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
