@@ -114,6 +114,14 @@ def test_loss_functions_go_to_the_training_device():
         assert loss.cross_entropy.class_weights.device == torch.device("meta")
 
 
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+@pytest.mark.parametrize("dtype, scaled", [(torch.bfloat16, False), (torch.float16, True)])
+def test_autocast_dtype_and_loss_scaling_follow_amp_kwargs(dtype, scaled):
+    trainer = _trainer(None, unlabeled=False, amp=True, amp_kwargs={"dtype": dtype})[0]
+    assert trainer._autocast().fast_dtype == dtype
+    assert trainer.d_scaler.is_enabled() == (scaled and torch.cuda.is_available())
+
+
 def test_gan_terms_ramp_in_linearly_after_the_warmup():
     trainer, _, _ = _trainer("mri", warmup_iterations=10, rampup_iterations=20)
     assert [trainer.gan_ramp(i) for i in (1, 10, 11, 20, 30, 31, 100)] == [0, 0, 0.05, 0.5, 1, 1, 1]

@@ -107,7 +107,9 @@ class SemiSupervisedGanTrainer(Trainer):
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         num_classes: tissue classes K.
-        amp: mixed precision (CUDA), with one gradient scaler per network.
+        amp: mixed precision (CUDA), with one gradient scaler per network when the autocast dtype is float16.
+        amp_kwargs: arguments of ``torch.autocast("cuda")``, e.g. ``{"dtype": torch.bfloat16}`` (train.yaml:
+            ``amp_dtype``, which the validation evaluator gets too); autocast's default dtype is float16.
         Other arguments are those of ``monai.engines.Trainer``.
     """
 
@@ -141,6 +143,7 @@ class SemiSupervisedGanTrainer(Trainer):
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        amp_kwargs: dict | None = None,
     ):
         if generator is not None and (g_optimizer is None or g_loss_function is None):
             raise ValueError("a generator needs g_optimizer and g_loss_function")
@@ -158,6 +161,7 @@ class SemiSupervisedGanTrainer(Trainer):
             metric_cmp_fn=metric_cmp_fn,
             handlers=train_handlers,
             amp=amp,
+            amp_kwargs=amp_kwargs,
             decollate=False,
         )
         self.network, self.generator = network, generator
@@ -176,16 +180,15 @@ class SemiSupervisedGanTrainer(Trainer):
         self.fake_maps = fake_maps
         self.deform_maps = float(deform_maps)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
-        # bfloat16 where the GPU has it (float32's range: no overflow, no loss scaling), else float16 with scalers
-        self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        scale = amp and self.amp_dtype == torch.float16
+        # float16's narrow range needs loss scaling; bfloat16 has float32's
+        scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=scale)
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=scale)
         self.state.nonfinite_steps = 0
         self._consecutive_nonfinite = 0
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
+        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else nullcontext()
 
     def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> torch.Tensor:
         """Next unlabelled image batch, restarting the loader whenever it is exhausted."""
