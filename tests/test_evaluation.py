@@ -39,6 +39,25 @@ def _run_metrics(bundle_root, pred, label):
     return engine
 
 
+@pytest.mark.parametrize("evaluate", [False, True])
+@pytest.mark.parametrize("bf16", [True, False])
+def test_evaluator_autocasts_to_the_trainers_dtype(bundle_root, monkeypatch, evaluate, bf16):
+    """One ``amp_dtype`` for training and validation (evaluate.yaml: the test split): bfloat16 where the GPU has
+    it, else float16; a command-line override changes both."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / f) for f in ["train.yaml"] + ["evaluate.yaml"] * evaluate])
+
+    def autocast_dtypes():
+        engines = ("train#trainer", "validate#evaluator")
+        return [parser.get_parsed_content(f"{e}#amp_kwargs", lazy=False) for e in engines]
+
+    assert autocast_dtypes() == [{"dtype": torch.bfloat16 if bf16 else torch.float16}] * 2
+    parser["amp_dtype"] = "float16" if bf16 else "bfloat16"  # --amp_dtype
+    assert autocast_dtypes() == [{"dtype": torch.float16 if bf16 else torch.bfloat16}] * 2
+
+
 def test_dice_and_distances_match_hand_computation(bundle_root, tmp_path):
     pred, label = _masks()
     engine = _run_metrics(bundle_root, pred, label)

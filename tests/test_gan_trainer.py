@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Events
 
 from scripts.gan_trainer import SemiSupervisedGanTrainer, frozen
-from scripts.losses import DiscriminatorLoss, GeneratorLoss
+from scripts.losses import DiscriminatorLoss, GeneratorLoss, LabelledSegmentationLoss
 from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 from scripts.networks.generators import tissue_onehot
 
@@ -90,6 +90,36 @@ def test_warmup_trains_discriminator_on_labelled_patches_only():
     assert "loss_g_total" in seen[0]  # the generator trains during the warm-up
     assert {"loss_d_fake", "loss_d_unlabelled", "loss_d_synthetic"} <= seen[1]
     assert _changed(g0, gen)
+
+
+def test_loss_functions_go_to_the_training_device():
+    """Class weights are a buffer of the losses: the trainer moves both losses to its device (the meta device stands
+    in for a GPU, where CPU class weights made cross_entropy fail)."""
+    weights = [0.33, 1.5, 0.83, 1.33]
+    d_segmentation, g_segmentation = LabelledSegmentationLoss(weights), LabelledSegmentationLoss(weights)
+    net, gen = Segmenter(2, 4, features=(4, 8)), MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, noise_dim=2)
+    SemiSupervisedGanTrainer(
+        device=torch.device("meta"),
+        max_epochs=1,
+        train_data_loader=_batches(1),
+        unlabeled_data_loader=_batches(1, with_label=False),
+        network=net,
+        d_optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        d_loss_function=DiscriminatorLoss(d_segmentation),
+        generator=gen,
+        g_optimizer=torch.optim.SGD(gen.parameters(), lr=0.1),
+        g_loss_function=GeneratorLoss(segmentation=g_segmentation),
+    )
+    for loss in (d_segmentation, g_segmentation):
+        assert loss.cross_entropy.class_weights.device == torch.device("meta")
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+@pytest.mark.parametrize("dtype, scaled", [(torch.bfloat16, False), (torch.float16, True)])
+def test_autocast_dtype_and_loss_scaling_follow_amp_kwargs(dtype, scaled):
+    trainer = _trainer(None, unlabeled=False, amp=True, amp_kwargs={"dtype": dtype})[0]
+    assert trainer._autocast().fast_dtype == dtype
+    assert trainer.d_scaler.is_enabled() == (scaled and torch.cuda.is_available())
 
 
 def test_gan_terms_ramp_in_linearly_after_the_warmup():

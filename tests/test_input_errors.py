@@ -187,6 +187,31 @@ def test_label_value_outside_the_format(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "config, preprocessing", [("train", "preprocessing_transforms"), ("synthesize", "preprocessing")]
+)
+def test_preprocessing_stops_at_label_codes_outside_the_format(bundle_root, tmp_path, config, preprocessing):
+    """MapLabelValued passes unknown codes unchanged: the preprocessing itself names the file and the codes, so that
+    they do not reach the loss when ``check_inputs`` is off."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    label = _tissues()
+    label[0, 0, :3] = 11
+    label[0, 1, 0] = 3
+    entry = _subject(tmp_path, label=(label, None))
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / f"{config}.yaml"))
+    parser.update({"dataset_format": "iseg", "label_format": "iseg"})  # label_format: train.yaml's, from the datalist
+    transforms = Compose(parser.get_parsed_content(preprocessing, lazy=False))
+    assert set(torch.unique(transforms(_subject(tmp_path / "valid"))["label"]).tolist()) == {0, 1, 2, 3}
+    with pytest.raises(Exception) as error:
+        transforms(entry)
+    assert str(find_input_error(error.value)).startswith(
+        f"{entry['label']} has label values [3, 11] outside the iseg set [0, 10, 150, 250]: check --dataset_format"
+    )
+
+
 @pytest.mark.parametrize("value, counts", [(np.nan, "3 NaN and 0 infinite"), (np.inf, "0 NaN and 3 infinite")])
 def test_nan_and_infinite_voxels(tmp_path, value, counts):
     t1 = _tissues().astype(np.float32)
@@ -356,19 +381,22 @@ def test_inference_with_checkpoint_of_another_architecture(bundle_root, tmp_path
     assert not list(out.glob("*.nii.gz"))
 
 
-def test_training_with_label_value_outside_the_format(bundle_root, tmp_path):
+@pytest.mark.parametrize("check_inputs", ["true", "false"])  # false: the preprocessing finds the codes
+def test_training_with_label_value_outside_the_format(bundle_root, tmp_path, check_inputs):
     data = tmp_path / "iseg"
     data.mkdir()
-    for n in (1, 2):
+    for n in (1, 2, 3):  # 3: unlabelled
         label = _tissues()
         label[8, 8, 8] = 11 if n == 2 else 250
         images = {"T1": label.astype(np.int16), "T2": (255 - label).astype(np.int16), "label": label}
+        images = {k: v for k, v in images.items() if n < 3 or k != "label"}
         for name, values in images.items():
             _save(data / f"subject-{n}-{name}.hdr", values, analyze=True)
     lines = _bundle_fails(
         bundle_root, "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(data),
         "--dataset_format", "iseg", "--num_labeled", "1", "--num_val", "1", "--output_dir", str(tmp_path / "runs"),
-        "--ckpt_dir", str(tmp_path / "models"), "--num_workers", "0",
+        "--ckpt_dir", str(tmp_path / "models"), "--num_workers", "0", "--check_inputs", check_inputs,
+        "--iterations", "2", "--epoch_length", "1",
     )  # fmt: skip
     assert lines[-1] == (
         f"ERROR: {data / 'subject-2-label.hdr'} has label values [11] outside the iseg set [0, 10, 150, 250]: check "

@@ -86,6 +86,7 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        amp_kwargs: dict | None = None,
         **gan_options,
     ):
         if any(gan_options.get(k) is not None for k in ("generator", "g_optimizer", "g_loss_function")):
@@ -112,6 +113,7 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
             metric_cmp_fn=metric_cmp_fn,
             train_handlers=train_handlers,
             amp=amp,
+            amp_kwargs=amp_kwargs,
             **gan_options,
         )
         self.ema_decay, self.consistency_weight = float(ema_decay), float(consistency_weight)

@@ -4,7 +4,7 @@
 can trace with dynamic spatial axes; ``OnnxRuntimeNetwork`` runs the exported file in place of the PyTorch
 network, so ``configs/inference_onnx.yaml`` reuses the inference workflow's pre- and post-processing unchanged.
 
-Export (from the bundle root; the checkpoint is ``{"model": state_dict}``)::
+Export (from the bundle root; ``models/model.pt`` is a plain state_dict, so no ``--key_in_ckpt``)::
 
     python -m monai.bundle onnx_export network_def --filepath models/model.onnx --ckpt_file models/model.pt \\
         --meta_file configs/metadata.json --config_file "['configs/inference.yaml','configs/inference_onnx.yaml']" \\

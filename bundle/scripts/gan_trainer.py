@@ -94,7 +94,8 @@ class SemiSupervisedGanTrainer(Trainer):
         generator: ``MRIGANGenerator``, ``StandardGANGenerator`` or ``None`` (supervised).
             Both networks may be wrapped in ``DistributedDataParallel`` (configs/multi_gpu_train.yaml).
         d_optimizer / g_optimizer: optimisers of D and G.
-        d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``.
+        d_loss_function: ``scripts.losses.DiscriminatorLoss``; g_loss_function: ``scripts.losses.GeneratorLoss``;
+            both are moved to ``device``.
         feature_layer: key of ``forward_features`` matched by the generator (``"last"`` or ``"bottleneck"``).
         warmup_iterations: iterations before the discriminator's unlabelled, fake and synthetic terms start.
         rampup_iterations: iterations over which those terms then grow linearly to their full weight.
@@ -107,7 +108,10 @@ class SemiSupervisedGanTrainer(Trainer):
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         num_classes: tissue classes K.
-        amp: mixed precision (CUDA), with one gradient scaler per network (in ``state_dict``, hence in last.pt).
+        amp: mixed precision (CUDA), with one gradient scaler per network when the autocast dtype is float16 (in
+            ``state_dict``, hence in last.pt).
+        amp_kwargs: arguments of ``torch.autocast("cuda")``, e.g. ``{"dtype": torch.bfloat16}`` (train.yaml:
+            ``amp_dtype``, which the validation evaluator gets too); autocast's default dtype is float16.
         Other arguments are those of ``monai.engines.Trainer``.
     """
 
@@ -141,6 +145,7 @@ class SemiSupervisedGanTrainer(Trainer):
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        amp_kwargs: dict | None = None,
     ):
         if generator is not None and (g_optimizer is None or g_loss_function is None):
             raise ValueError("a generator needs g_optimizer and g_loss_function")
@@ -158,11 +163,14 @@ class SemiSupervisedGanTrainer(Trainer):
             metric_cmp_fn=metric_cmp_fn,
             handlers=train_handlers,
             amp=amp,
+            amp_kwargs=amp_kwargs,
             decollate=False,
         )
         self.network, self.generator = network, generator
         self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
-        self.d_loss_function, self.g_loss_function = d_loss_function, g_loss_function
+        # on the training device: their buffers (class weights) meet the logits there
+        self.d_loss_function = d_loss_function.to(self.state.device)
+        self.g_loss_function = None if g_loss_function is None else g_loss_function.to(self.state.device)
         self.unlabeled_data_loader = unlabeled_data_loader
         self._unlabeled_iter: Iterator | None = None
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
@@ -174,9 +182,8 @@ class SemiSupervisedGanTrainer(Trainer):
         self.fake_maps = fake_maps
         self.deform_maps = float(deform_maps)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
-        # bfloat16 where the GPU has it (float32's range: no overflow, no loss scaling), else float16 with scalers
-        self.amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        scale = amp and self.amp_dtype == torch.float16
+        # float16's narrow range needs loss scaling; bfloat16 has float32's
+        scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=scale)
         self.g_scaler = torch.amp.GradScaler("cuda", enabled=scale)
         self.state.nonfinite_steps = 0
@@ -195,7 +202,7 @@ class SemiSupervisedGanTrainer(Trainer):
                 getattr(self, name).load_state_dict(state_dict[name])
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
+        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else nullcontext()
 
     def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> torch.Tensor:
         """Next unlabelled image batch, restarting the loader whenever it is exhausted."""

@@ -2,7 +2,8 @@
 
 ``InputError`` is a problem the user can fix (a file, a folder, a checkpoint); its message is one line naming the
 file, the problem and what to do. ``check_datalist`` reads every image and label of a datalist and checks what the
-workflows assume (readable, 3D, one grid per subject, finite, not empty, known label values); ``check_weights`` and
+workflows assume (readable, 3D, one grid per subject, finite, not empty, known label values: ``check_label_codes``,
+which ``scripts.transforms.CheckLabelCodesd`` runs on every label map loaded); ``check_weights`` and
 ``CheckedCheckpointLoader`` check a weights file against the network. ``install_excepthook`` (first item of the
 configs' ``initialize`` lists) turns an uncaught ``InputError`` into one ``ERROR: ...`` line on stderr and writes
 the full traceback to a log file.
@@ -136,16 +137,23 @@ def _check_file(path: str, channels: int, label_codes: np.ndarray | None, label_
     if not data.any():
         raise InputError(f"{path} is empty (all voxels are 0): export or convert this {what} again")
     if label_codes is not None:
-        inside = np.isin(data, label_codes)
-        if not inside.all():
-            bad = np.unique(data[~inside])
-            shown = ", ".join(f"{v:g}" for v in bad[:_SHOWN_VALUES].tolist()) + (", ..." * (bad.size > _SHOWN_VALUES))
-            allowed = ", ".join(f"{v:g}" for v in label_codes.tolist())
-            raise InputError(
-                f"{path} has label values [{shown}] outside the {label_set_name} set [{allowed}]: "
-                "check --dataset_format and the label file"
-            )
+        check_label_codes(path, data, label_codes, label_set_name)
     return Volume(path, spatial, affine)
+
+
+def check_label_codes(path, data, label_codes: Sequence[float], label_set_name: str = "allowed") -> None:
+    """``InputError`` naming ``path`` and the values of the label map ``data`` (an array) outside ``label_codes``
+    (``label_set_name`` names that set)."""
+    codes = np.asarray(list(label_codes), dtype=float)
+    inside = np.isin(data, codes)
+    if not inside.all():
+        bad = np.unique(data[~inside])
+        shown = ", ".join(f"{v:g}" for v in bad[:_SHOWN_VALUES].tolist()) + (", ..." * (bad.size > _SHOWN_VALUES))
+        allowed = ", ".join(f"{v:g}" for v in codes.tolist())
+        raise InputError(
+            f"{path} has label values [{shown}] outside the {label_set_name} set [{allowed}]: "
+            "check --dataset_format and the label file"
+        )
 
 
 def _read(path: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:

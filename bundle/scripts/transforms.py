@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
 
 from .datasets import IGNORE_LABEL
+from .input_checks import check_label_codes
 
 
 class MaskIgnoredd(MapTransform):
@@ -28,6 +31,30 @@ class MaskIgnoredd(MapTransform):
         ignored = d[self.label_key] == self.ignore_value
         for key in self.key_iterator(d):
             d[key] = torch.where(ignored, torch.zeros_like(d[key]), d[key])
+        return d
+
+
+class CheckLabelCodesd(MapTransform):
+    """Raise an ``InputError`` naming the file (the MetaTensor's ``filename_or_obj``) and the values when ``keys``
+    hold values outside ``codes``.
+
+    Goes before ``MapLabelValued``, which passes codes outside its ``orig_labels`` unchanged (MONAI has no transform
+    that rejects them), so that a label map in another format stops the run here, not inside the loss, also with
+    ``check_inputs`` off. ``set_name`` names the set in the message (e.g. the dataset format).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, codes: Sequence[float], set_name: str = "allowed", allow_missing_keys: bool = False
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.codes, self.set_name = list(codes), set_name
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            path = label.meta.get("filename_or_obj", key) if isinstance(label, MetaTensor) else key
+            check_label_codes(path, convert_to_numpy(label), self.codes, self.set_name)
         return d
 
 
