@@ -3,15 +3,22 @@
 import csv
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, run
+from monai.data import MetaTensor
+from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.networks.utils import one_hot
 
-from scripts.datasets import IGNORE_LABEL
+from oracle import ORACLE_NET, write_oracle_checkpoint
+from scripts.datasets import IGNORE_LABEL, build_datalist
 from scripts.evaluation import check_split, write_report
 from scripts.transforms import MaskIgnoredd
+
+CONFIGS = ["configs/train.yaml", "configs/evaluate.yaml"]
 
 
 def _masks():
@@ -27,11 +34,12 @@ def _masks():
     return pred, label
 
 
-def _run_metrics(bundle_root, pred, label):
+def _run_metrics(bundle_root, pred, label, spacing):
     parser = ConfigParser()
-    parser.read_config([str(bundle_root / "configs/train.yaml"), str(bundle_root / "configs/evaluate.yaml")])
+    parser.read_config([str(bundle_root / c) for c in CONFIGS])
     metrics = parser.get_parsed_content("validate#additional_metrics")
-    output = {"pred": one_hot(pred, 4)[0], "label": one_hot(label, 4)[0]}
+    affine = torch.diag(torch.tensor([*spacing, 1.0]))
+    output = {k: MetaTensor(one_hot(v, 4)[0], affine=affine) for k, v in {"pred": pred, "label": label}.items()}
     engine = Engine(lambda e, b: [output])
     for name, metric in metrics.items():
         metric.attach(engine, name)
@@ -60,8 +68,8 @@ def test_evaluator_autocasts_to_the_trainers_dtype(bundle_root, monkeypatch, eva
 
 def test_dice_and_distances_match_hand_computation(bundle_root, tmp_path):
     pred, label = _masks()
-    engine = _run_metrics(bundle_root, pred, label)
-    summary = write_report(engine, [{"subject": "s1"}], str(tmp_path), spacing=[2.0, 2.0, 2.0])
+    engine = _run_metrics(bundle_root, pred, label, spacing=[2.0, 2.0, 2.0])
+    summary = write_report(engine, [{"subject": "s1"}], str(tmp_path))
     dice = [summary["val_dice"][t]["mean"] for t in ("CSF", "GM", "WM")]
     assert dice == pytest.approx([1.0, 2 * 4 / 16, 2 * 32 / 96])
     # CSF is perfect: zero distances. GM is shifted by one voxel (2 mm at this spacing): HD95 = 2 mm.
@@ -84,13 +92,98 @@ def test_ignored_voxels_count_neither_way():
     assert torch.equal(out["pred"][0, :7], pred[0, 0, :7])
 
 
-def test_anisotropic_spacing_is_refused(bundle_root, tmp_path):
-    pred, label = _masks()
-    engine = _run_metrics(bundle_root, pred, label)
-    with pytest.raises(ValueError, match="isotropic"):
-        write_report(engine, [{"subject": "s1"}], str(tmp_path), spacing=[1.0, 1.0, 3.0])
-
-
 def test_empty_split_is_reported():
     with pytest.raises(ValueError, match="'testing' split is empty"):
-        check_split({"testing": []}, "testing")
+        check_split([], "testing")
+
+
+def _anisotropic_subject(folder):
+    """A label on a 1 x 1 x 3 mm grid and images whose T1 makes the oracle network predict ``pred``: GM one slice
+    (3 mm) too high, WM one voxel (1 mm) too wide."""
+    label = np.zeros((32, 32, 12), np.uint8)
+    label[4:28, 4:28, 2:10] = 1
+    label[8:24, 8:24, 3:9] = 2
+    label[10:20, 10:22, 4:8] = 3
+    pred = label.copy()
+    pred[8:24, 8:24, 3] = 1
+    pred[8:24, 8:24, 9] = 2
+    pred[10:21, 10:22, 4:8] = 3
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    volumes = {"t1": pred * 100.0, "t2": (pred > 0) * 50.0, "label": label}
+    for name, volume in volumes.items():
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine), str(folder / f"s1_{name}.nii.gz"))
+    return pred, label, {"subject": "s1", **{k: str(folder / f"s1_{k}.nii.gz") for k in volumes}}
+
+
+def test_metrics_on_the_label_grid(bundle_root, tmp_path, monkeypatch):
+    """The prediction is inverted to the label's anisotropic grid and scored there, distances at its spacing."""
+    pred, label, subject = _anisotropic_subject(tmp_path)
+    write_oracle_checkpoint(tmp_path / "oracle.pt")
+    monkeypatch.chdir(bundle_root)
+    run(
+        "evaluating", config_file=CONFIGS, dataset_format="datalist", datalist={"training": [], "testing": [subject]},
+        eval_dir=str(tmp_path / "eval"), ckpt_path=str(tmp_path / "oracle.pt"), network_def=ORACLE_NET,
+        val_roi_size=[32, 32, 32], num_workers=0,
+    )  # fmt: skip
+    measured = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]
+    p, y = (one_hot(torch.as_tensor(v[None, None]), 4) for v in (pred, label))
+    expected = {
+        "val_dice": DiceMetric(include_background=False)(p, y),
+        "val_hd95": HausdorffDistanceMetric(include_background=False, percentile=95)(p, y, spacing=[1.0, 1.0, 3.0]),
+        "val_asd": SurfaceDistanceMetric(include_background=False, symmetric=True)(p, y, spacing=[1.0, 1.0, 3.0]),
+    }
+    for name, values in expected.items():
+        got = [measured[name][t]["mean"] for t in ("CSF", "GM", "WM")]
+        assert got == pytest.approx(values[0].tolist(), abs=1e-5), name
+    assert measured["val_hd95"]["CSF"]["mean"] == pytest.approx(3.0)  # GM's inner surface one slice off: 3 mm
+    assert measured["val_hd95"]["WM"]["mean"] == pytest.approx(1.0)  # one voxel wider in-plane: 1 mm
+
+
+def _folder_dataset(folder, n=8):
+    """Subjects of the folder format (empty files: splitting only lists them)."""
+    folder.mkdir()
+    for i in range(n):
+        for suffix in ("_T1.nii.gz", "_T2.nii.gz", "_label.nii.gz"):
+            (folder / f"s{i}{suffix}").touch()
+
+
+def _evaluation_parser(bundle_root, tmp_path, **overrides):
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / c) for c in CONFIGS])
+    parser.update({"bundle_root": str(bundle_root), "dataset_format": "folder", "dataset_dir": str(tmp_path / "data"),
+                   "output_dir": str(tmp_path / "runs"), "eval_dir": str(tmp_path / "eval"), **overrides})  # fmt: skip
+    return parser
+
+
+def test_test_subjects_come_from_the_runs_split(bundle_root, tmp_path, capsys):
+    """Other --num_labeled/--num_val at evaluation neither change the test subjects nor leak training ones."""
+    _folder_dataset(tmp_path / "data")
+    split = build_datalist(tmp_path / "data", "folder", ["t1", "t2"], 4, 2, split_file=tmp_path / "runs" / "split.json")
+    parser = _evaluation_parser(bundle_root, tmp_path, num_labeled=2, num_val=1)
+    tested = parser.get_parsed_content("validate#dataset#data")
+    assert [s["subject"] for s in tested] == [s["subject"] for s in split["testing"]]
+    assert f"Evaluating the split of {tmp_path / 'runs' / 'split.json'}" in capsys.readouterr().out
+
+
+def test_without_a_split_file_the_dataset_is_split_again(bundle_root, tmp_path, capsys):
+    _folder_dataset(tmp_path / "data")
+    parser = _evaluation_parser(bundle_root, tmp_path, num_labeled=4, num_val=2)
+    tested = parser.get_parsed_content("validate#dataset#data")
+    assert len(tested) == 2 and "No split file" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval" / "split.json").read_text())["testing"] == tested
+
+
+def test_monai_label_studies_are_checked_as_class_indices(bundle_root, tmp_path):
+    """Evaluating MONAI Label studies (validate#dataset#data, labels 0..3): the label codes and the input check
+    follow the evaluated data, not --dataset_format, and the dataset folder is never read."""
+    label = np.zeros((24, 24, 12), np.uint8)
+    label[4:20, 4:20, 2:10] = 1
+    label[8:16, 8:16, 4:8] = 3
+    image = np.stack([label * 100.0, label * 50.0], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "case.nii.gz"))
+    nib.save(nib.Nifti1Image(label, np.eye(4)), str(tmp_path / "case_label.nii.gz"))
+    studies = [{"image": str(tmp_path / "case.nii.gz"), "label": str(tmp_path / "case_label.nii.gz")}]
+    parser = _evaluation_parser(bundle_root, tmp_path, dataset_format="phantom", **{"validate#dataset#data": studies})
+    assert parser.get_parsed_content("label_map") == ([0, 1, 2, 3], [0, 1, 2, 3])
+    parser.get_parsed_content("run#1")  # check_datalist: labels 1 and 3 are valid class indices
+    assert not (tmp_path / "data").exists()

@@ -73,11 +73,11 @@ def test_evaluation_on_test_split(trained, bundle_root, tmp_path):
     dirs, _ = trained
     out = _bundle(
         bundle_root, "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", *TINY,
-        "--dataset_dir", str(dirs["dataset_dir"]), "--ckpt_dir", str(dirs["ckpt_dir"]), "--eval_dir", str(tmp_path),
+        *[a for k, v in dirs.items() for a in (f"--{k}", str(v))], "--eval_dir", str(tmp_path),
     )  # fmt: skip
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["subjects"] == 1 and set(summary["metrics"]) == {"val_dice", "val_hd95", "val_asd"}
-    assert "| Dice |" in out
+    assert "| Dice |" in out and f"Evaluating the split of {dirs['output_dir'] / 'split.json'}" in out
 
 
 def test_monai_label_run_id(bundle_root, tmp_path):

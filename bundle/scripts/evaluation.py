@@ -1,4 +1,5 @@
-"""Per-subject and summary reports of Dice, HD95 and average surface distance per tissue."""
+"""Evaluation on the label's own voxel grid: the test subjects, distance metrics in mm and the reports of Dice, HD95
+and average surface distance per tissue."""
 
 from __future__ import annotations
 
@@ -6,32 +7,48 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from ignite.engine import Engine
+from monai.data.utils import affine_to_spacing
+from monai.handlers import IgniteMetricHandler
 
 from .atomic import write_text
+from .datasets import load_datalist
 
 TISSUES = ("CSF", "GM", "WM")
 METRICS = {"val_dice": "Dice", "val_hd95": "HD95 (mm)", "val_asd": "ASD (mm)"}
 
 
-def check_split(datalist: dict, split: str) -> None:
+def run_split(split_file, modalities, rebuild: Callable[[], dict]) -> dict:
+    """The training run's split, read from ``split_file`` (its ``split.json``), or ``rebuild()`` when there is none
+    (a split made again from the dataset folder and this command's options); prints which one is evaluated."""
+    path = Path(split_file).expanduser().resolve()
+    if path.is_file():
+        print(f"Evaluating the split of {path}")
+        return load_datalist(path, modalities)
+    print(f"No split file {path}: the dataset folder is split again with this command's options")
+    return rebuild()
+
+
+def check_split(subjects: Sequence[dict], split: str) -> None:
     """Fail early, with the split's name, when there is nothing labelled to evaluate."""
-    if not datalist.get(split):
+    if not subjects:
         raise ValueError(
             f"The '{split}' split is empty: nothing to evaluate. Hold out more labelled subjects "
             f"(e.g. a smaller --num_labeled) or choose another split with --eval_split validation."
         )
 
 
-def _voxel_to_mm(spacing: Sequence[float]) -> float:
-    spacing = [float(s) for s in spacing]
-    if not np.allclose(spacing, spacing[0]):
-        raise ValueError(f"distances need an isotropic working resolution, got pixdim {spacing}")
-    return spacing[0]
+class MetricInMm(IgniteMetricHandler):
+    """``IgniteMetricHandler`` of a distance metric (``HausdorffDistanceMetric``, ``SurfaceDistanceMetric``) that
+    passes each label's voxel spacing, read from its affine, so that distances are in mm on the label's grid."""
+
+    def update(self, output: Sequence) -> None:
+        for pred, label in zip(*output):
+            self.metric_fn([pred], [label], spacing=affine_to_spacing(label.affine, r=label.ndim - 1).tolist())
 
 
 def summarize(per_subject: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
@@ -58,16 +75,15 @@ def markdown_table(summary: dict, n_subjects: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(evaluator: Engine, subjects: Sequence[dict], eval_dir: str, spacing: Sequence[float]) -> dict:
+def write_report(evaluator: Engine, subjects: Sequence[dict], eval_dir: str) -> dict:
     """Write ``metrics_per_subject.csv``, ``summary.json`` and ``summary.md`` into ``eval_dir``; return the summary."""
     out = Path(eval_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mm = _voxel_to_mm(spacing)
     per_subject = {}
     for key in METRICS:
         if key in evaluator.state.metric_details:
-            values = np.asarray(evaluator.state.metric_details[key].cpu(), dtype=np.float64).reshape(len(subjects), -1)
-            per_subject[key] = values if key == "val_dice" else values * mm
+            values = evaluator.state.metric_details[key].cpu()
+            per_subject[key] = np.asarray(values, dtype=np.float64).reshape(len(subjects), -1)
     rows = [["subject", *[f"{METRICS[k]} {t}" for k in per_subject for t in TISSUES]]]
     for i, subject in enumerate(subjects):
         rows.append([subject.get("subject", str(i)), *[f"{per_subject[k][i, t]:.6g}" for k in per_subject for t in range(3)]])

@@ -68,16 +68,17 @@ class FinalValidation(ValidationHandler):
 
 
 class BestValidation:
-    """Trainer handler that records the validation of the best model (the one ``BestCheckpoint`` saved): the
-    validator's best key metric and epoch, the trainer's iteration then and every scalar metric of that validation.
+    """Records the validation of the best model (the one ``BestCheckpoint`` saved): the validator's best key metric
+    and epoch, the trainer's iteration then and every scalar metric of that validation.
 
-    Attach after ``FinalValidation`` and before ``LastCheckpoint``, which saves it: it is ``state_dict``-able, and
-    ``load_state_dict`` also restores the validator's best key metric and epoch, so that a resumed run replaces the
+    ``attach(trainer)`` hooks it to the end of every validation, so ``train#handlers`` stays a list of plain configs
+    (MONAI Label inserts its own ``CheckpointLoader`` there). It is ``state_dict``-able, so ``LastCheckpoint`` saves
+    it, and ``load_state_dict`` also restores the validator's best key metric and epoch: a resumed run replaces the
     best checkpoint only with a better model (a new MONAI evaluator starts from a best of -1).
     """
 
     def __init__(self, validator: Engine):
-        self.validator = validator
+        self.validator, self.trainer = validator, None
         self.iteration, self.metrics = 0, {}
 
     @property
@@ -85,14 +86,14 @@ class BestValidation:
         """Epoch of the best validation (-1 before any)."""
         return self.validator.state.best_metric_epoch
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-        engine.add_event_handler(Events.COMPLETED, self)  # after FinalValidation's validation of the last epoch
+    def attach(self, trainer: Engine) -> None:
+        self.trainer = trainer
+        self.validator.add_event_handler(Events.EPOCH_COMPLETED, self)  # after MONAI's best-metric update
 
-    def __call__(self, engine: Engine) -> None:
-        if self.epoch == engine.state.epoch:
-            self.iteration = engine.state.iteration
-            self.metrics = {k: float(v) for k, v in self.validator.state.metrics.items() if is_scalar(v)}
+    def __call__(self, validator: Engine) -> None:
+        if self.epoch == validator.state.epoch:
+            self.iteration = self.trainer.state.iteration
+            self.metrics = {k: float(v) for k, v in validator.state.metrics.items() if is_scalar(v)}
 
     def state_dict(self) -> dict:
         state = self.validator.state

@@ -90,10 +90,10 @@ def is_image_datalist(entries: Sequence[Mapping]) -> bool:
     return bool(entries) and all(IMAGE_KEY in e for e in entries)
 
 
-def training_label_format(training: Sequence[Mapping], dataset_format: str) -> str:
-    """The label format of the training data: ``datalist`` (the class indices 0..3 that MONAI Label writes,
-    ``metadata.json``'s ``channel_def``) for an image datalist, otherwise ``dataset_format``."""
-    return "datalist" if is_image_datalist(training) else dataset_format
+def label_format_of(entries: Sequence[Mapping], dataset_format: str) -> str:
+    """The label format of ``entries`` (training or evaluated data): ``datalist`` (the class indices 0..3 that MONAI
+    Label writes, ``metadata.json``'s ``channel_def``) for an image datalist, otherwise ``dataset_format``."""
+    return "datalist" if is_image_datalist(entries) else dataset_format
 
 
 def unlabeled_data(training: Sequence[Mapping], dataset_split: Callable[[], Mapping]) -> list[dict]:
