@@ -12,7 +12,7 @@ import torch
 from monai.bundle import run
 from monai.inferers import SlidingWindowInferer
 
-from scripts.networks import MRIGANGenerator, tissue_onehot
+from scripts.networks import MRIGANGenerator, Segmenter, tissue_onehot
 from scripts.phantom import write_iseg
 from scripts.synthesis import SynthesisNetwork, subject_id, synthesis_pairs
 
@@ -125,7 +125,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.copy_source = copy_source
 
-    def forward(self, mri, onehot, noise=None):
+    def forward(self, mri, onehot, noise=None, source_probs=None):
         if self.copy_source:
             return mri.clone(), None
         index = (onehot * torch.arange(onehot.shape[1], dtype=onehot.dtype).view(1, -1, 1, 1, 1)).sum(1, keepdim=True)
@@ -188,6 +188,22 @@ def test_network_is_the_generator_on_one_window():
     assert wrapped.shape == (2, 2, 16, 16, 16)
     torch.testing.assert_close(wrapped, direct)
     torch.testing.assert_close(windowed, direct[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_source_statistics_windows_get_the_segmenters_probabilities():
+    """A source_statistics generator renders each window with the segmenter's probabilities of that source window,
+    as in training; without a segmenter it is refused."""
+    torch.manual_seed(0)
+    generator = MRIGANGenerator(2, 4, **GENERATOR, source_statistics=True).eval()
+    segmenter = Segmenter(2, 4, features=(4, 8)).eval()
+    mri = torch.rand(1, 2, 16, 16, 16) * 2 - 1
+    onehot = tissue_onehot(torch.randint(0, 4, (1, 1, 16, 16, 16)), 4)
+    with torch.no_grad():
+        direct, _ = generator(mri, onehot, torch.zeros(1, 2), source_probs=torch.softmax(segmenter(mri), 1))
+        wrapped = SynthesisNetwork(generator, 2, segmenter)(torch.cat([mri, onehot], dim=1), noise=torch.zeros(1, 2))
+    torch.testing.assert_close(wrapped, direct)
+    with pytest.raises(ValueError, match="segmenter"):
+        SynthesisNetwork(generator, 2)
 
 
 def test_pairs_names_and_checks(tmp_path):

@@ -2,7 +2,8 @@
 
 ``synthesis_pairs`` checks the user's label maps and source MRIs and builds the datalist, ``load_generator`` loads
 the trained generator with clear errors, ``FitToReferenced`` brings the source onto the label map's grid,
-``SynthesisNetwork`` feeds ``[source, one-hot tissues]`` windows to the generator and ``NoisePerVolume`` draws one
+``SynthesisNetwork`` feeds ``[source, one-hot tissues]`` windows to the generator (with the segmenter's tissue
+probabilities of the source for a ``source_statistics`` generator, ``load_segmenter``) and ``NoisePerVolume`` draws one
 noise vector per volume, shared by all its windows.
 """
 
@@ -20,7 +21,7 @@ from monai.transforms import MapTransform, ResizeWithPadOrCrop
 from torch import Tensor, nn
 
 from .cli import as_bool
-from .input_checks import InputError, MissingInputError
+from .input_checks import InputError, MissingInputError, check_weights
 from .outputs import OutputExistsError, OutputInInputFolderError
 
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
@@ -124,7 +125,7 @@ def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
         raise InputError(
             f"{path} does not fit the generator of this config ({len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(resized)} resized tensors, e.g. {example}): set modalities, num_classes, generator_features, "
-            "tissue_code_dim, noise_dim and source_code_dim as in training"
+            "tissue_code_dim, noise_dim, source_code_dim and source_statistics as in training"
         )
     generator.load_state_dict(state)
     return generator.to(device).eval()
@@ -153,18 +154,30 @@ class SynthesisNetwork(nn.Module):
 
     Input: ``[source MRI (in_channels), one-hot tissues (num_classes)]`` concatenated on the channel axis;
     output: the synthetic MRI (in_channels, values in (-1, 1)). ``noise`` (1 or B, noise_dim), passed by the
-    inferer to every window, is shared by the windows of a volume.
+    inferer to every window, is shared by the windows of a volume. ``segmenter``: gives a ``source_statistics``
+    generator the tissue probabilities of each source window, as in training.
     """
 
-    def __init__(self, generator: nn.Module, in_channels: int):
+    def __init__(self, generator: nn.Module, in_channels: int, segmenter: nn.Module | None = None):
         super().__init__()
-        self.generator, self.in_channels = generator, int(in_channels)
+        self.generator, self.in_channels, self.segmenter = generator, int(in_channels), segmenter
+        if getattr(generator, "source_statistics", False) and segmenter is None:
+            raise ValueError("a source_statistics generator needs the segmenter (segmenter_ckpt_path)")
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         if noise is not None:
             noise = noise.to(x.device, x.dtype).expand(x.shape[0], -1)
-        fake, _ = self.generator(x[:, : self.in_channels], x[:, self.in_channels :], noise)
+        source = x[:, : self.in_channels]
+        probs = None if self.segmenter is None else torch.softmax(self.segmenter(source).float(), dim=1)
+        fake, _ = self.generator(source, x[:, self.in_channels :], noise, source_probs=probs)
         return fake
+
+
+def load_segmenter(network: nn.Module, path, device=None) -> nn.Module:
+    """The trained segmenter (``models/model.pt``, a plain state_dict) on ``device`` in eval mode; one-line errors
+    name the file when it is missing or does not fit."""
+    network.load_state_dict(check_weights(path, network))
+    return network.to(device).eval()
 
 
 class NoisePerVolume(PrepareBatch):
