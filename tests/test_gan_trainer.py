@@ -10,7 +10,7 @@ from ignite.engine import Events
 from scripts.gan_trainer import SemiSupervisedGanTrainer, frozen
 from scripts.losses import DiscriminatorLoss, GeneratorLoss, LabelledSegmentationLoss
 from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
-from scripts.networks.generators import tissue_onehot
+from scripts.networks.generators import class_intensity_statistics, tissue_onehot
 
 PATCH = (8, 8, 8)
 
@@ -262,21 +262,25 @@ def test_generator_idle_until_its_start():
     assert "fake" in second and "loss_g_total" in second and any(not torch.equal(a, b) for a, b in zip(g1, g2))
 
 
-def test_source_statistics_generator_gets_the_segmenter_probabilities_and_known_tissues():
-    """A source_statistics generator renders the fakes with the frozen segmenter's probabilities on their sources
-    and the reconstructions with their own labels; training with it updates both networks."""
-    trainer, net, _ = _trainer("mri")
+def test_source_statistics_come_from_the_segmenter_pooled_per_subject_and_known_tissues():
+    """A source_statistics generator renders the fakes with the class-wise statistics of their sources under the
+    frozen segmenter's probabilities, pooled over each subject's patches, and the reconstructions with their own
+    labels' statistics; training with it updates both networks."""
+    trainer, net, _ = _trainer("mri", source_group_size=2)
     gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
     trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
     trainer.g_loss_function.weights["reconstruction"] = 1.0
-    batch, unlabeled = _batches(1)[0], _batches(1, with_label=False, seed=3)[0]["image"]
+    batch, unlabeled = _batches(1)[0], _batches(1, with_label=False, seed=3)[0]["image"]  # one subject, 2 patches
     seen = []
-    gen.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["source_probs"]), with_kwargs=True)
+    gen.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["source_stats"]), with_kwargs=True)
     trainer._generate(batch["label"], unlabeled, (batch["image"], batch["label"]))
     with frozen(net), torch.no_grad():
-        expected = torch.softmax(net(unlabeled), dim=1)
-    assert torch.allclose(seen[0][:2], expected, atol=1e-6)
-    assert torch.equal(seen[0][2:], tissue_onehot(batch["label"]))
+        probs = torch.softmax(net(unlabeled), dim=1)
+    both = class_intensity_statistics(unlabeled.transpose(0, 1).flatten(1, 2)[None], probs.transpose(0, 1).flatten(1, 2)[None])
+    own = class_intensity_statistics(batch["image"], tissue_onehot(batch["label"]))
+    for k in range(2):  # mean, std
+        assert torch.allclose(seen[0][k][:2], both[k].expand(2, -1, -1), atol=1e-5)
+        assert torch.allclose(seen[0][k][2:], own[k], atol=1e-6)
     d0, g0 = _params(net), _params(gen)
     trainer.run()
     assert _changed(d0, net) and _changed(g0, gen) and trainer.state.nonfinite_steps == 0

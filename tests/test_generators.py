@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scripts.networks.generators import GTLayer, MRIGANGenerator, StandardGANGenerator, tissue_boundaries, tissue_onehot
+from scripts.networks.generators import (
+    GTLayer,
+    MRIGANGenerator,
+    StandardGANGenerator,
+    class_intensity_statistics,
+    tissue_boundaries,
+    tissue_onehot,
+)
 
 
 def _one_hot(label: torch.Tensor, k: int = 4) -> torch.Tensor:
@@ -120,29 +127,43 @@ def test_source_statistics_paint_the_map_with_the_source_tissue_means():
     src_tissue = torch.randint(0, 4, (1, 8, 8, 8))
     values = torch.tensor([[-1.0, 0.5, -0.2, 0.3], [-1.0, -0.4, 0.1, 0.6]])  # modality x tissue
     source = values[:, src_tissue[0]].unsqueeze(0)  # (1, 2, 8, 8, 8)
-    probs = torch.nn.functional.one_hot(src_tissue, 4).permute(0, 4, 1, 2, 3).float()
+    probs = F.one_hot(src_tissue, 4).permute(0, 4, 1, 2, 3).float()
+    mean, std, mass = class_intensity_statistics(source, probs)
+    assert torch.allclose(mean[0], values.T) and torch.allclose(std, torch.zeros_like(std), atol=2e-3)
+    assert torch.equal(mass[0], torch.bincount(src_tissue.flatten(), minlength=4).float())
     target = torch.randint(0, 4, (1, 8, 8, 8))
     with torch.no_grad():
         gen.final.conv.weight.zero_()
         gen.final.conv.bias.zero_()
-        fake, _ = gen(source, tissue_onehot(target[:, None]), source_probs=probs)
+        fake, _ = gen(source, tissue_onehot(target[:, None]), source_stats=(mean, std))
     expected = values[:, target[0]].clamp(-0.99, 0.99).unsqueeze(0)
     assert torch.allclose(fake, expected, atol=1e-5)
-    with pytest.raises(ValueError, match="source_probs"):
+    with pytest.raises(ValueError, match="source_stats"):
         gen(source, tissue_onehot(target[:, None]))
 
 
+def test_class_statistics_pooled_over_the_patches_of_a_volume():
+    """group_size 2: two patches of one volume share the statistics of both; a tissue absent from one patch gets the
+    other's (hand-computed)."""
+    image = torch.tensor([0.0, 0.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0]).view(2, 1, 4, 1, 1)  # patch 2: tissue 1 only
+    weights = torch.stack([torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1]]), torch.tensor([[0.0] * 4, [1.0] * 4])])
+    mean, std, mass = class_intensity_statistics(image, weights.view(2, 2, 4, 1, 1), group_size=2)
+    assert torch.equal(mass, torch.tensor([[2.0, 6.0], [2.0, 6.0]]))
+    assert torch.allclose(mean[:, :, 0], torch.tensor([[0.0, 7 / 3], [0.0, 7 / 3]]))  # (1 + 1 + 3 * 4) / 6; second moment (1 + 1 + 9 * 4) / 6
+    assert torch.allclose(std[:, 1, 0], torch.full((2,), (38 / 6 - (7 / 3) ** 2) ** 0.5), atol=1e-4)
+    with pytest.raises(ValueError, match="groups of 3"):
+        class_intensity_statistics(image, weights.view(2, 2, 4, 1, 1), group_size=3)
+
+
 def test_source_statistics_join_the_code():
-    """The GT-Layers' code ends with the source's per-tissue mean and standard deviation (hand-computed)."""
+    """The GT-Layers' code ends with the source's per-tissue mean and standard deviation."""
     torch.manual_seed(0)
     gen = MRIGANGenerator(1, 2, features=(4, 8), code_dim=4, noise_dim=0, source_statistics=True)
     probs = torch.zeros(1, 2, 8, 8, 8)
     probs[:, 0, :4], probs[:, 1, 4:] = 1.0, 1.0
-    source = torch.zeros(1, 1, 8, 8, 8)
-    source[:, :, :4, :, :4], source[:, :, :4, :, 4:] = -0.8, -0.4  # tissue 0: mean -0.6, std 0.2
-    source[:, :, 4:] = 0.5  # tissue 1: mean 0.5, std 0
+    stats = (torch.tensor([[[-0.6], [0.5]]]), torch.tensor([[[0.2], [0.0]]]))
     seen = []
     gen.gt_bottleneck.register_forward_hook(lambda module, args, out: seen.append(args[1]))
-    gen(source, probs.flip(2), source_probs=probs)
+    gen(torch.zeros(1, 1, 8, 8, 8), probs.flip(2), source_stats=stats)
     assert seen[0].shape == (1, 4 + 2 * 2)
-    assert torch.allclose(seen[0][0, 4:], torch.tensor([-0.6, 0.5, 0.2, 0.0]), atol=2e-3)
+    assert torch.equal(seen[0][0, 4:], torch.tensor([-0.6, 0.5, 0.2, 0.0]))

@@ -12,9 +12,9 @@ import torch
 from monai.bundle import run
 from monai.inferers import SlidingWindowInferer
 
-from scripts.networks import MRIGANGenerator, Segmenter, tissue_onehot
+from scripts.networks import MRIGANGenerator, Segmenter, class_intensity_statistics, tissue_onehot
 from scripts.phantom import write_iseg
-from scripts.synthesis import SynthesisNetwork, subject_id, synthesis_pairs
+from scripts.synthesis import SynthesisInputs, SynthesisNetwork, subject_id, synthesis_pairs
 
 GENERATOR = {"features": (8, 16), "code_dim": 4, "noise_dim": 2}  # small, so CPU runs take seconds
 TINY = [
@@ -125,7 +125,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.copy_source = copy_source
 
-    def forward(self, mri, onehot, noise=None, source_probs=None):
+    def forward(self, mri, onehot, noise=None, source_stats=None):
         if self.copy_source:
             return mri.clone(), None
         index = (onehot * torch.arange(onehot.shape[1], dtype=onehot.dtype).view(1, -1, 1, 1, 1)).sum(1, keepdim=True)
@@ -190,20 +190,24 @@ def test_network_is_the_generator_on_one_window():
     torch.testing.assert_close(windowed, direct[:1], rtol=1e-4, atol=1e-5)
 
 
-def test_source_statistics_windows_get_the_segmenters_probabilities():
-    """A source_statistics generator renders each window with the segmenter's probabilities of that source window,
-    as in training; without a segmenter it is refused."""
+def test_source_statistics_of_the_whole_source_reach_every_window():
+    """For a source_statistics generator, SynthesisInputs gives every window the class-wise statistics of the whole
+    source volume under the segmenter's probabilities."""
     torch.manual_seed(0)
     generator = MRIGANGenerator(2, 4, **GENERATOR, source_statistics=True).eval()
     segmenter = Segmenter(2, 4, features=(4, 8)).eval()
-    mri = torch.rand(1, 2, 16, 16, 16) * 2 - 1
-    onehot = tissue_onehot(torch.randint(0, 4, (1, 1, 16, 16, 16)), 4)
+    mri = torch.rand(1, 2, 16, 16, 32) * 2 - 1
+    onehot = tissue_onehot(torch.randint(0, 4, (1, 1, 16, 16, 32)), 4)
+    image = torch.cat([mri, onehot], dim=1)
+    _, _, _, kwargs = SynthesisInputs(0, segmenter, in_channels=2)({"image": image, "label": onehot[:, :1]})
     with torch.no_grad():
-        direct, _ = generator(mri, onehot, torch.zeros(1, 2), source_probs=torch.softmax(segmenter(mri), 1))
-        wrapped = SynthesisNetwork(generator, 2, segmenter)(torch.cat([mri, onehot], dim=1), noise=torch.zeros(1, 2))
-    torch.testing.assert_close(wrapped, direct)
-    with pytest.raises(ValueError, match="segmenter"):
-        SynthesisNetwork(generator, 2)
+        stats = class_intensity_statistics(mri, torch.softmax(segmenter(mri), 1))[:2]
+        windowed = SlidingWindowInferer((16, 16, 16), overlap=0.5, mode="gaussian")(
+            image, SynthesisNetwork(generator, 2), **kwargs
+        )
+        left = generator(mri[..., :16], onehot[..., :16], source_stats=stats)[0]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(kwargs["source_stats"], stats))
+    torch.testing.assert_close(windowed[..., :8], left[..., :8], rtol=1e-4, atol=1e-5)  # where one window counts
 
 
 def test_pairs_names_and_checks(tmp_path):

@@ -16,7 +16,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from .checkpoint import unwrap
-from .networks.generators import tissue_onehot
+from .networks.generators import class_intensity_statistics, tissue_onehot
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class SemiSupervisedGanTrainer(Trainer):
             reconstruction term, drawn at random (``None``: all of them).
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
+        source_group_size: consecutive unlabelled patches cut from one subject (``samples_per_volume``), over which a
+            ``source_statistics`` generator's class-wise statistics are pooled.
         num_classes: tissue classes K.
         amp: mixed precision (CUDA), with one gradient scaler per network when the autocast dtype is float16 (in
             ``state_dict``, hence in last.pt).
@@ -135,6 +137,7 @@ class SemiSupervisedGanTrainer(Trainer):
         fake_maps: str = "same",
         deform_maps: float = 0.0,
         reconstruction_patches: int | None = None,
+        source_group_size: int = 1,
         num_classes: int = 4,
         max_nonfinite: int = 20,
         epoch_length: int | None = None,
@@ -182,6 +185,7 @@ class SemiSupervisedGanTrainer(Trainer):
         self.fake_maps = fake_maps
         self.deform_maps = float(deform_maps)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
+        self.source_group_size = max(1, int(source_group_size))
         # float16's narrow range needs loss scaling; bfloat16 has float32's
         scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=scale)
@@ -243,18 +247,25 @@ class SemiSupervisedGanTrainer(Trainer):
             noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
             return self.generator(noise), None, None
         n, sources, maps = target.shape[0], self._sources(unlabeled, target.shape[0]), target
-        probs = self._source_probs(sources) if g.source_statistics else None
+        stats = self._source_statistics(unlabeled, n) if g.source_statistics else None
         if reconstruct is not None:
             sources, maps = torch.cat([sources, reconstruct[0]]), torch.cat([target, reconstruct[1]])
-            if probs is not None:  # a labelled patch's tissues are known
-                probs = torch.cat([probs, tissue_onehot(reconstruct[1], self.num_classes)])
-        out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes), source_probs=probs)
+            if stats is not None:  # a labelled patch's own tissues are known, and all present in its map
+                own = class_intensity_statistics(reconstruct[0], tissue_onehot(reconstruct[1], self.num_classes))
+                stats = tuple(torch.cat(pair) for pair in zip(stats, own[:2]))
+        out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes), source_stats=stats)
         return out[:n], boundary_logits[:n], out[n:] if reconstruct is not None else None
 
-    def _source_probs(self, sources: torch.Tensor) -> torch.Tensor:
-        """The frozen segmenter's tissue probabilities on the source patches (``source_statistics`` generators)."""
+    def _source_statistics(self, unlabeled: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class-wise intensity statistics of the sources of ``n`` fakes (``source_statistics`` generators): the
+        frozen segmenter's probabilities weight the voxels, pooled over the ``source_group_size`` patches of each
+        unlabelled subject, so that a tissue missing from one patch still gets its subject's intensity."""
         with frozen(self.network), torch.no_grad():
-            return torch.softmax(unwrap(self.network)(sources).float(), dim=1)
+            probs = torch.softmax(unwrap(self.network)(unlabeled).float(), dim=1)
+        group = self.source_group_size if unlabeled.shape[0] % self.source_group_size == 0 else 1
+        mean, std, _ = class_intensity_statistics(unlabeled, probs, group)
+        index = torch.arange(n, device=unlabeled.device) % unlabeled.shape[0]  # as _sources
+        return mean[index], std[index]
 
     def _reconstruction_patches(self, image: torch.Tensor, label: torch.Tensor):
         """``(image, label)`` of the labelled patches G reconstructs this iteration (``reconstruction_patches`` of

@@ -2,9 +2,9 @@
 
 ``synthesis_pairs`` checks the user's label maps and source MRIs and builds the datalist, ``load_generator`` loads
 the trained generator with clear errors, ``FitToReferenced`` brings the source onto the label map's grid,
-``SynthesisNetwork`` feeds ``[source, one-hot tissues]`` windows to the generator (with the segmenter's tissue
-probabilities of the source for a ``source_statistics`` generator, ``load_segmenter``) and ``NoisePerVolume`` draws one
-noise vector per volume, shared by all its windows.
+``SynthesisNetwork`` feeds ``[source, one-hot tissues]`` windows to the generator and ``SynthesisInputs`` gives all
+windows of a volume one noise vector and, for a ``source_statistics`` generator, the class-wise statistics of the whole
+source under the segmenter's probabilities (``load_segmenter``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from monai.config import KeysCollection
 from monai.engines.utils import PrepareBatch
+from monai.inferers import sliding_window_inference
 from monai.transforms import MapTransform, ResizeWithPadOrCrop
 from torch import Tensor, nn
 
 from .cli import as_bool
 from .input_checks import InputError, MissingInputError, check_weights
+from .networks.generators import class_intensity_statistics
 from .outputs import OutputExistsError, OutputInInputFolderError
 
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
@@ -153,23 +155,21 @@ class SynthesisNetwork(nn.Module):
     """The generator as a one-input network for ``SlidingWindowInferer``.
 
     Input: ``[source MRI (in_channels), one-hot tissues (num_classes)]`` concatenated on the channel axis;
-    output: the synthetic MRI (in_channels, values in (-1, 1)). ``noise`` (1 or B, noise_dim), passed by the
-    inferer to every window, is shared by the windows of a volume. ``segmenter``: gives a ``source_statistics``
-    generator the tissue probabilities of each source window, as in training.
+    output: the synthetic MRI (in_channels, values in (-1, 1)). ``noise`` (1 or B, noise_dim) and ``source_stats``
+    (``(mean, std)``, (1, K, C) each, for a ``source_statistics`` generator), passed by the inferer to every window,
+    are shared by the windows of a volume.
     """
 
-    def __init__(self, generator: nn.Module, in_channels: int, segmenter: nn.Module | None = None):
+    def __init__(self, generator: nn.Module, in_channels: int):
         super().__init__()
-        self.generator, self.in_channels, self.segmenter = generator, int(in_channels), segmenter
-        if getattr(generator, "source_statistics", False) and segmenter is None:
-            raise ValueError("a source_statistics generator needs the segmenter (segmenter_ckpt_path)")
+        self.generator, self.in_channels = generator, int(in_channels)
 
-    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise: Tensor | None = None, source_stats: tuple | None = None) -> Tensor:
         if noise is not None:
             noise = noise.to(x.device, x.dtype).expand(x.shape[0], -1)
-        source = x[:, : self.in_channels]
-        probs = None if self.segmenter is None else torch.softmax(self.segmenter(source).float(), dim=1)
-        fake, _ = self.generator(source, x[:, self.in_channels :], noise, source_probs=probs)
+        if source_stats is not None:
+            source_stats = tuple(t.to(x.device).expand(x.shape[0], -1, -1) for t in source_stats)
+        fake, _ = self.generator(x[:, : self.in_channels], x[:, self.in_channels :], noise, source_stats=source_stats)
         return fake
 
 
@@ -180,18 +180,29 @@ def load_segmenter(network: nn.Module, path, device=None) -> nn.Module:
     return network.to(device).eval()
 
 
-class NoisePerVolume(PrepareBatch):
-    """``prepare_batch`` for the evaluator: ``image`` as input, ``label`` as target (``Invertd`` needs it) and
-    ``noise=`` one N(0, 1) vector of ``noise_dim`` per volume, drawn on the CPU with torch's seeded generator."""
+class SynthesisInputs(PrepareBatch):
+    """``prepare_batch`` for the evaluator: ``image`` as input, ``label`` as target (``Invertd`` needs it), and as
+    keyword arguments for every window ``noise``, one N(0, 1) vector of ``noise_dim`` per volume drawn on the CPU
+    with torch's seeded generator, and with a ``segmenter`` the ``source_stats`` of the whole source volume: the
+    class-wise intensity statistics under the segmenter's probabilities (what training pools over a subject's
+    patches)."""
 
-    def __init__(self, noise_dim: int):
-        self.noise_dim = int(noise_dim)
+    def __init__(self, noise_dim: int, segmenter: nn.Module | None = None, in_channels: int = 1,
+                 roi_size=(96, 96, 96)):  # fmt: skip
+        self.noise_dim, self.segmenter, self.in_channels, self.roi_size = int(noise_dim), segmenter, in_channels, roi_size
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
         image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
         label = batchdata["label"].to(device=device, non_blocking=non_blocking, **kwargs)
         noise = torch.randn(image.shape[0], self.noise_dim).to(device) if self.noise_dim > 0 else None
-        return image, label, (), {"noise": noise}
+        stats = None
+        if self.segmenter is not None:
+            source = image[:, : self.in_channels]
+            with torch.no_grad():
+                roi = [min(r, size) for r, size in zip(self.roi_size, source.shape[2:])]  # no padding: as trained
+                logits = sliding_window_inference(source, roi, 1, self.segmenter, overlap=0.25)
+            stats = class_intensity_statistics(source, torch.softmax(logits.float(), dim=1))[:2]
+        return image, label, (), {"noise": noise, "source_stats": stats}
 
 
 def _as_paths(value, option: str, example: str) -> list[Path]:

@@ -52,14 +52,25 @@ def tissue_onehot(label: Tensor, num_classes: int = 4) -> Tensor:
     return (label.long() == classes).float()
 
 
-def class_intensity_statistics(image: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def class_intensity_statistics(
+    image: Tensor, weights: Tensor, group_size: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per sample, class and channel: weighted mean and standard deviation (B, K, C) of ``image`` (B, C, *spatial)
-    under the class weights (B, K, *spatial), and the class mass (B, K) in voxels."""
+    under the class weights (B, K, *spatial), and the class mass (B, K) in voxels. With ``group_size`` g, the
+    statistics are pooled over each run of g consecutive samples (the patches of one volume) and given to each."""
     image, weights = image.float(), weights.float()
     mass = weights.sum(dim=tuple(range(2, weights.ndim)))
+    first = torch.einsum("bk...,bc...->bkc", weights, image)
+    second = torch.einsum("bk...,bc...->bkc", weights, image * image)
+    if group_size > 1:
+        if image.shape[0] % group_size:
+            raise ValueError(f"{image.shape[0]} samples do not form groups of {group_size}")
+        mass, first, second = (
+            t.unflatten(0, (-1, group_size)).sum(1, keepdim=True).expand(-1, group_size, *t.shape[1:]).flatten(0, 1)
+            for t in (mass, first, second)
+        )
     norm = mass.clamp_min(1e-6)[..., None]
-    mean = torch.einsum("bk...,bc...->bkc", weights, image) / norm
-    square = torch.einsum("bk...,bc...->bkc", weights, image * image) / norm
+    mean, square = first / norm, second / norm
     return mean, torch.sqrt((square - mean * mean).clamp_min(0) + 1e-6), mass
 
 
@@ -124,11 +135,12 @@ class MRIGANGenerator(nn.Module):
             features. The GT-Layers normalise away the source features' own statistics, so without it the source's
             contrast can reach the output only through its normalised spatial pattern, which belongs to another
             place, or subject, than the tissue map.
-        source_statistics: condition on the source's class-wise intensity statistics: ``forward`` then takes the
-            source's tissue probabilities (the segmenter's), the per-class mean and standard deviation of every source
-            channel join the code, and the output is ``tanh(residual + atanh(base))``, where ``base`` paints each
-            tissue of ``y`` with the source's mean intensity of that tissue. The contrast of the source then reaches
-            the fake directly; the network learns the texture, partial volume and bias around it.
+        source_statistics: condition on the source subject's class-wise intensity statistics: ``forward`` then takes
+            ``source_stats``, the mean and standard deviation of every channel per tissue (``class_intensity_statistics``
+            under the segmenter's probabilities, pooled over the subject's patches), which join the code; the output
+            is ``tanh(residual + atanh(base))``, where ``base`` paints each tissue of ``y`` with the source's mean
+            intensity of that tissue. The source's contrast then reaches the fake directly; the network learns the
+            texture, partial volume and bias around it.
         gt_hidden: hidden width of the GT-Layer MLPs.
     """
 
@@ -171,10 +183,10 @@ class MRIGANGenerator(nn.Module):
         self.final = Convolution(3, features[0], in_channels, kernel_size=1, conv_only=True)
 
     def forward(
-        self, mri: Tensor, label_onehot: Tensor, noise: Tensor | None = None, source_probs: Tensor | None = None
+        self, mri: Tensor, label_onehot: Tensor, noise: Tensor | None = None, source_stats: tuple | None = None
     ) -> tuple[Tensor, Tensor]:
         """Returns ``(fake, boundary_logits)``: fake (B, C, *spatial) in (-1, 1), logits (B, 1, *spatial).
-        ``source_probs`` (B, K, *spatial): tissue probabilities of ``mri``, needed with ``source_statistics``."""
+        ``source_stats``: ``(mean, std)``, (B, K, C) each, of the source's tissues, needed with ``source_statistics``."""
         factor = 2 ** (len(self.features) - 1)
         if any(s % factor for s in mri.shape[2:]) or mri.shape[2:] != label_onehot.shape[2:]:
             raise ValueError(
@@ -195,9 +207,9 @@ class MRIGANGenerator(nn.Module):
             code = torch.cat([code, noise], dim=1)
         base = None
         if self.source_statistics:
-            if source_probs is None or source_probs.shape[1] != label_onehot.shape[1]:
-                raise ValueError("a generator with source_statistics needs source_probs (B, K, *spatial)")
-            mean, std, _ = class_intensity_statistics(mri, source_probs)
+            if source_stats is None or source_stats[0].shape[1:] != (label_onehot.shape[1], mri.shape[1]):
+                raise ValueError("a generator with source_statistics needs source_stats: (mean, std), (B, K, C) each")
+            mean, std = (t.float() for t in source_stats)
             code = torch.cat([code, mean.flatten(1).to(code.dtype), std.flatten(1).to(code.dtype)], dim=1)
             base = torch.einsum("bk...,bkc->bc...", label_onehot.float(), mean)
         if self.source_fc is not None:
