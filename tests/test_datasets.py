@@ -167,14 +167,24 @@ def test_folder_default_and_custom_suffixes(tmp_path):
         _nii(tmp_path / "c" / f"{s}-t1.nii")
         _nii(tmp_path / "c" / f"{s}-ir-t1.nii")
         _nii(tmp_path / "c" / f"{s}.seg.nii")
-    suffixes = {"t1": "-t1.nii", "ir": "-ir-t1.nii", "label": ".seg.nii"}
+    _nii(tmp_path / "c" / "case2_mask.nii")  # a brain mask for one subject only
+    suffixes = {"t1": "-t1.nii", "ir": "-ir-t1.nii", "label": ".seg.nii", "mask": "_mask.nii"}
     subjects = ds.find_subjects(tmp_path / "c", "folder", ["t1", "ir"], suffixes=suffixes)
-    assert subjects[0] == {
-        "subject": "case1",
-        "t1": str(tmp_path / "c/case1-t1.nii"),
-        "ir": str(tmp_path / "c/case1-ir-t1.nii"),
-        "label": str(tmp_path / "c/case1.seg.nii"),
-    }
+    assert subjects == [
+        {
+            "subject": "case1",
+            "t1": str(tmp_path / "c/case1-t1.nii"),
+            "ir": str(tmp_path / "c/case1-ir-t1.nii"),
+            "label": str(tmp_path / "c/case1.seg.nii"),
+        },
+        {
+            "subject": "case2",
+            "t1": str(tmp_path / "c/case2-t1.nii"),
+            "ir": str(tmp_path / "c/case2-ir-t1.nii"),
+            "label": str(tmp_path / "c/case2.seg.nii"),
+            "mask": str(tmp_path / "c/case2_mask.nii"),
+        },
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -286,27 +296,30 @@ def test_load_datalist_resolves_relative_paths(tmp_path):
     _nii(data / "img" / "p2_t1.nii.gz")
     _nii(data / "seg" / "p1.nii.gz")
     abs_t1 = _nii(tmp_path / "elsewhere" / "p3_t1.nii")
+    _nii(data / "seg" / "p1_mask.nii.gz")
     spec = {
         "name": "x",
-        "training": [{"t1": "img/p1_t1.nii.gz", "label": "seg/p1.nii.gz", "age": 3}],
+        "training": [{"t1": "img/p1_t1.nii.gz", "label": "seg/p1.nii.gz", "mask": "seg/p1_mask.nii.gz", "age": 3}],
         "unlabeled": [{"subject": "two", "t1": "./img/../img/p2_t1.nii.gz"}, {"t1": abs_t1}],
     }
     (data / "list.json").write_text(json.dumps(spec))
     lists = ds.load_datalist(data / "list.json", ["t1"])
     assert lists["validation"] == [] and lists["testing"] == []
     assert lists["training"] == [
-        {"subject": "p1_t1", "t1": str(data / "img/p1_t1.nii.gz"), "label": str(data / "seg/p1.nii.gz"), "age": 3}
-    ]
+        {"subject": "p1_t1", "t1": str(data / "img/p1_t1.nii.gz"), "label": str(data / "seg/p1.nii.gz"),
+         "mask": str(data / "seg/p1_mask.nii.gz"), "age": 3}
+    ]  # fmt: skip
     assert lists["unlabeled"] == [
         {"subject": "two", "t1": str(data / "img/p2_t1.nii.gz")},
         {"subject": "p3_t1", "t1": abs_t1},
     ]
     with pytest.raises(ValueError, match="'flair'"):
         ds.load_datalist(data / "list.json", ["t1", "flair"])
-    spec["training"][0]["label"] = "seg/missing.nii.gz"
-    (data / "list.json").write_text(json.dumps(spec))
-    with pytest.raises(FileNotFoundError, match="missing.nii.gz"):
-        ds.load_datalist(data / "list.json", ["t1"])
+    for key in ("mask", "label"):
+        spec["training"][0][key] = "seg/missing.nii.gz"
+        (data / "list.json").write_text(json.dumps(spec))
+        with pytest.raises(FileNotFoundError, match="'training' lists seg/missing.nii.gz, which does not exist"):
+            ds.load_datalist(data / "list.json", ["t1"])
 
 
 @pytest.mark.parametrize("num_val", [2, 0])

@@ -1,5 +1,7 @@
 """Inference writes label maps on the input's own voxel grid, whatever its orientation and spacing."""
 
+import logging
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -252,6 +254,51 @@ def test_failed_run_leaves_volume_csv_as_it_was(bundle_root, tmp_path, monkeypat
     assert (out / "case01_seg.nii.gz").stat().st_mtime_ns != seg_time  # the run got past case01
     assert (out / "tissue_volumes.csv").read_bytes() == before
     assert not list(out.glob(".tissue_volumes.csv.*"))  # no temporary file left
+
+
+def test_brain_mask_sets_the_outside_to_background(bundle_root, tmp_path, monkeypatch, caplog):
+    """case01's mask (a folder suffix) leaves out a slab holding CSF, GM and bright "scalp" (T1 1000): the scalp
+    must not set the scaling (it would turn WM into CSF) and the slab is background in the label map and the tissue
+    volumes; case02 has no mask. A network that calls every voxel CSF shows that the written map itself is masked
+    (the head box, cropped with a margin, reaches beyond the mask).
+    The tiny brains get an out-of-distribution warning naming them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    label, affine = _lps_volume(data)
+    _second_subject(data)
+    mask = np.ones(label.shape, np.uint8)
+    mask[24:] = 0  # WM (10:20) stays inside
+    nib.save(nib.Nifti1Image(mask, affine), str(data / "case01_mask.nii.gz"))
+    t1 = np.asarray(nib.load(str(data / "case01_T1.nii.gz")).dataobj).copy()
+    t1[36:] = 1000.0
+    nib.save(nib.Nifti1Image(t1, affine), str(data / "case01_T1.nii.gz"))
+    monkeypatch.setattr(logging.getLogger("scripts.ood"), "handlers", [caplog.handler])  # run() resets the root's
+    suffixes = {"t1": "_T1.nii.gz", "t2": "_T2.nii.gz", "mask": "_mask.nii.gz"}
+    out = tmp_path / "out"
+    _inference(bundle_root, monkeypatch, tmp_path, data, out, suffixes=suffixes)
+    seg = np.asarray(nib.load(str(out / "case01_seg.nii.gz")).dataobj)
+    outside = mask == 0
+    assert (label[outside] > 0).sum() > 1000 and (seg[outside] == 0).all()
+    assert (seg[~outside] == label[~outside]).mean() > 0.99
+    assert (np.asarray(nib.load(str(out / "case02_seg.nii.gz")).dataobj) == label).mean() > 0.99
+    _, rows = _read_csv(out / "tissue_volumes.csv")
+    assert float(rows[0]["brain_ml"]) == pytest.approx((seg > 0).sum() * 1.2 * 0.9 * 2.0 / 1000, abs=1e-3)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "scripts.ood"]
+    assert [w.split(" looks unlike")[0] for w in warnings] == ["subject case01", "subject case02"]
+    assert all("mL (outside 150-2500 mL)" in w for w in warnings)
+
+    csf = torch.nn.Conv3d(2, 4, kernel_size=1)
+    torch.nn.init.zeros_(csf.weight)
+    csf.bias.data = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    torch.save(csf.state_dict(), tmp_path / "csf.pt")
+    run(
+        "inference", config_file="configs/inference.yaml", dataset_dir=str(data), dataset_format="folder",
+        output_dir=str(tmp_path / "csf"), ckpt_path=str(tmp_path / "csf.pt"), network_def=ORACLE_NET,
+        roi_size=[32, 32, 32], suffixes=suffixes,
+    )  # fmt: skip
+    seg = np.asarray(nib.load(str(tmp_path / "csf" / "case01_seg.nii.gz")).dataobj)
+    assert (seg[outside] == 0).all() and (seg[~outside & (label > 0)] == 1).all()  # (beyond the head box: 0)
+    assert (np.asarray(nib.load(str(tmp_path / "csf" / "case02_seg.nii.gz")).dataobj)[label > 0] == 1).all()
 
 
 def test_inference_benchmark_repeats_into_its_output_folder(bundle_root, tmp_path, monkeypatch):

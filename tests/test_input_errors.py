@@ -226,6 +226,33 @@ def test_empty_volume(tmp_path):
     assert _error([entry, empty]).startswith(f"{empty['t2']} is empty (all voxels are 0)")
 
 
+def test_bad_brain_masks(tmp_path):
+    """A brain mask on another grid, unreadable or empty: one line naming the mask file (inference: no label codes).
+    With the checks off, the mask transform still names a mask of another shape."""
+    from monai.data import MetaTensor
+
+    from scripts.transforms import OptionalMaskIntensityd
+
+    entry = _subject(tmp_path)
+    entry["mask"] = _save(tmp_path / "s1_mask.nii.gz", np.ones((16, 16, 20), np.uint8))
+    message = _error([entry], codes=None)
+    assert message.startswith(f"subject s1: {entry['mask']} has shape (16, 16, 20) but {entry['t1']} has (16, 16, 16)")
+    _save(entry["mask"], np.zeros(SHAPE, np.uint8))
+    message = _error([entry], codes=None)
+    assert message == f"{entry['mask']} is empty (all voxels are 0): export or convert this brain mask again"
+    open(entry["mask"], "wb").write(b"not a NIfTI file")
+    assert _error([entry], codes=None).startswith(f"{entry['mask']} cannot be read (")
+    _save(entry["mask"], (_tissues() > 0).astype(np.uint8))
+    _check([entry], codes=None)
+
+    image = MetaTensor(torch.ones(2, *SHAPE))
+    mask = MetaTensor(torch.ones(1, 16, 16, 20), meta={"filename_or_obj": "s1_mask.nii.gz"})
+    masking = OptionalMaskIntensityd("image", mask_key="mask")
+    with pytest.raises(InputError, match=r"brain mask s1_mask.nii.gz has shape \(16, 16, 20\) but the image \(16, 16"):
+        masking({"image": image, "mask": mask})
+    assert masking({"image": image})["image"] is image  # no mask: as it is
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 

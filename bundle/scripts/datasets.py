@@ -1,7 +1,8 @@
 """Turn a dataset folder (iSEG, MRBrainS13/18, a NIfTI folder or a MONAI datalist JSON) into MONAI datalists.
 
-Every entry is a dict ``{"subject": id, <modality>: path, ..., "label": path}`` (``label`` only when the subject
-has one); paths are absolute strings. Labels keep their dataset codes: map them with
+Every entry is a dict ``{"subject": id, <modality>: path, ..., "label": path, "mask": path}`` (``label`` and the
+brain ``mask`` only when the subject has one; masks come from the ``folder`` and ``datalist`` formats); paths are
+absolute strings. Labels keep their dataset codes: map them with
 ``monai.transforms.MapLabelValued(keys="label", *label_mapping(format))`` to 0 bg, 1 CSF, 2 GM, 3 WM and
 ``IGNORE_LABEL`` (voxels excluded from loss and metrics).
 """
@@ -30,7 +31,7 @@ _ISEG_RE = re.compile(r"^subject-(\d+)-(T1|T2|label)\.(hdr|nii|nii\.gz)$", re.IG
 _NIFTI_EXTS = (".nii", ".nii.gz")
 _MRBRAINS13_FILES = {"t1": "T1", "t1_ir": "T1_IR", "flair": "T2_FLAIR", "label": "LabelsForTraining"}
 _MRBRAINS18_FILES = {"t1": "pre/reg_T1", "t1_ir": "pre/reg_IR", "flair": "pre/FLAIR", "label": "segm"}
-_RESERVED_KEYS = ("subject", "label")
+_RESERVED_KEYS = ("subject", "label", "mask")
 
 
 def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
@@ -62,8 +63,9 @@ def modality_names(dataset_format: str) -> tuple[str, ...] | None:
 def find_subjects(dataset_dir, dataset_format: str, modalities, suffixes: dict | None = None) -> list[dict]:
     """One entry per subject found under ``dataset_dir``, sorted by subject id (natural order: 2 before 10).
 
-    ``suffixes`` (``{modality or "label": file name ending}``) applies to the ``folder`` format only; its default
-    is ``_<MODALITY>.nii.gz`` per modality and ``_label.nii.gz``. For ``datalist`` all lists of the JSON are merged.
+    ``suffixes`` (``{modality, "label" or "mask": file name ending}``) applies to the ``folder`` format only; its
+    default is ``_<MODALITY>.nii.gz`` per modality and ``_label.nii.gz`` (no mask). For ``datalist`` all lists of the
+    JSON are merged; an entry may name a brain ``mask``.
     """
     fmt = _check_format(dataset_format)
     modalities = _check_modalities(fmt, modalities)
@@ -171,8 +173,8 @@ def build_datalist(
 def load_datalist(path, modalities) -> dict:
     """Read a MONAI datalist JSON into the four lists (missing ones are empty).
 
-    Paths under the modality keys and ``label`` resolve against the JSON's folder and must exist; other keys are
-    kept as they are. A missing ``subject`` is derived from the first modality's file name.
+    Paths under the modality keys, ``label`` and ``mask`` resolve against the JSON's folder and must exist; other
+    keys are kept as they are. A missing ``subject`` is derived from the first modality's file name.
     """
     path = Path(os.path.abspath(os.path.expanduser(path)))
     if not path.is_file():
@@ -248,13 +250,13 @@ def _add_file(subjects: dict, subject: str, key: str, path: Path) -> None:
 
 
 def _complete(subjects: dict, modalities: tuple[str, ...], expected) -> list[dict]:
-    """Entries ordered subject, modalities, label; ValueError if a modality is missing (``expected(sid, m)``)."""
+    """Entries ordered subject, modalities, label, mask; ValueError if a modality is missing (``expected(sid, m)``)."""
     out = []
     for sid, entry in subjects.items():
         missing = [m for m in modalities if m not in entry]
         if missing:
             raise InputError(f"Subject {sid} is missing {missing[0]}: expected {expected(sid, missing[0])}")
-        keys = ("subject", *modalities, "label")
+        keys = ("subject", *modalities, "label", "mask")
         out.append({k: entry[k] for k in keys if k in entry})
     return out
 
@@ -318,7 +320,7 @@ def _folder_suffixes(modalities: tuple[str, ...], suffixes: dict | None) -> dict
     missing = [m for m in modalities if m not in suffixes]
     if missing:
         raise InputError(f"suffixes {dict(suffixes)} have no entry for modalities {missing}")
-    return {k: suffixes[k] for k in (*modalities, "label") if suffixes.get(k)}
+    return {k: suffixes[k] for k in (*modalities, "label", "mask") if suffixes.get(k)}
 
 
 def _find_folder(root: Path, modalities: tuple[str, ...], suffixes: dict | None) -> list[dict]:
@@ -356,7 +358,7 @@ def _resolve_entry(entry: dict, modalities: tuple[str, ...], path: Path, name: s
         who = entry.get("subject", f"entry {index}")
         raise InputError(f"{path}: '{name}' {who} has no {missing[0]!r} (keys: {sorted(entry)})")
     out = dict(entry)
-    for key in (*modalities, "label"):
+    for key in (*modalities, "label", "mask"):
         if key in out:
             value = out[key]
             out[key] = [_resolve_path(v, path, name) for v in value] if isinstance(value, list) else _resolve_path(

@@ -66,27 +66,30 @@ def check_datalist(
 ) -> None:
     """Read every file of ``datalist`` and raise an ``InputError`` naming the first bad one.
 
-    Entries are ``{"subject", <modality>: path, ..., "label": path}``, or ``{"subject", "image": path}`` with one
-    4D image holding ``len(modalities)`` channels (last axis). Each file must be fully readable (not truncated or
-    corrupt), 3D (4D with one volume per modality file), free of NaN and infinity, and not all zero; the files of a
-    subject must share one voxel grid (shape, and affines equal up to ``GRID_TOLERANCE`` of a voxel). Labels are
-    checked only with ``label_codes`` (e.g. ``scripts.datasets.label_mapping(format)[0]``; ``label_set_name``
-    names that set in messages): their values must be in it. Without it ``label`` is ignored (inference).
+    Entries are ``{"subject", <modality>: path, ..., "label": path, "mask": path}``, or ``{"subject", "image":
+    path}`` with one 4D image holding ``len(modalities)`` channels (last axis). Each file must be fully readable
+    (not truncated or corrupt), 3D (4D with one volume per modality file), free of NaN and infinity, and not all
+    zero; the files of a subject, its brain ``mask`` included, must share one voxel grid (shape, and affines equal
+    up to ``GRID_TOLERANCE`` of a voxel). Labels are checked only with ``label_codes`` (e.g.
+    ``scripts.datasets.label_mapping(format)[0]``; ``label_set_name`` names that set in messages): their values must
+    be in it. Without it ``label`` is ignored (inference).
     NIfTI and Analyze files are read with nibabel, others with MONAI's ``LoadImage``; ``num_workers`` threads read
     them (MONAI's convention: ``None`` is ``os.cpu_count()``, less than 1 is 1).
     """
     modalities = [modalities] if isinstance(modalities, str) else list(modalities)
     codes = None if label_codes is None else np.asarray(list(label_codes), dtype=float)
-    files = []  # (entry index, path, channels, label codes or None)
+    files = []  # (entry index, path, channels, label codes or None, what the file is)
     for index, entry in enumerate(datalist):
         for key, channels in _image_keys(entry, modalities, index):
-            files += [(index, p, channels, None) for p in _as_paths(entry[key])]
+            files += [(index, p, channels, None, "image") for p in _as_paths(entry[key])]
         if codes is not None and entry.get("label") is not None:
-            files += [(index, p, 1, codes) for p in _as_paths(entry["label"])]
+            files += [(index, p, 1, codes, "label map") for p in _as_paths(entry["label"])]
+        if entry.get("mask") is not None:
+            files += [(index, p, 1, None, "brain mask") for p in _as_paths(entry["mask"])]
     workers = os.cpu_count() if num_workers is None else max(1, int(num_workers))
     subject: list[Volume] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check_inputs") as pool:
-        volumes = pool.map(lambda f: _check_file(f[1], f[2], f[3], label_set_name), files)
+        volumes = pool.map(lambda f: _check_file(f[1], f[2], f[3], label_set_name, f[4]), files)
         for i, volume in enumerate(volumes):  # in datalist order: the first bad file is reported
             subject.append(volume)
             if i + 1 == len(files) or files[i + 1][0] != files[i][0]:
@@ -111,12 +114,14 @@ def _as_paths(value) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
-def _check_file(path: str, channels: int, label_codes: np.ndarray | None, label_set_name: str) -> Volume:
-    """Read ``path`` fully and check its dimensions, values and (with ``label_codes``) label values."""
+def _check_file(
+    path: str, channels: int, label_codes: np.ndarray | None, label_set_name: str, what: str = "image"
+) -> Volume:
+    """Read ``path`` (``what``: image, label map, brain mask) fully and check its dimensions, values and (with
+    ``label_codes``) label values."""
     shape, data, affine = _read(path)
     spatial = tuple(shape[:3])
     found = int(np.prod(shape[3:], dtype=int)) if len(shape) > 3 else 1
-    what = "label map" if label_codes is not None else "image"
     if len(shape) < 3 or sum(s > 1 for s in spatial) < 3:
         raise InputError(f"{path} is a 2D {what} (shape {tuple(shape)}): a 3D volume is needed")
     if found != channels:
@@ -199,8 +204,8 @@ def check_same_grid(volumes: list[Volume], subject) -> None:
         else:
             continue
         raise InputError(
-            f"subject {subject}: {other.path} {problem}: the modalities and label of a subject must be co-registered "
-            "and resampled to one voxel grid"
+            f"subject {subject}: {other.path} {problem}: the modalities, label and mask of a subject must be "
+            "co-registered and resampled to one voxel grid"
         )
 
 

@@ -7,11 +7,11 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, MaskIntensityd
 from monai.utils import convert_to_numpy
 
 from .datasets import IGNORE_LABEL
-from .input_checks import check_label_codes
+from .input_checks import InputError, check_label_codes
 
 
 class MaskIgnoredd(MapTransform):
@@ -75,3 +75,20 @@ class SubjectToMetad(MapTransform):
 def subject_name_formatter(metadict: dict, saver) -> dict:
     """``SaveImaged`` name formatter: name outputs ``<subject><postfix>`` after the subject id in the metadata."""
     return {"subject": str(metadict["subject"]), "idx": metadict.get("patch_index")}
+
+
+class OptionalMaskIntensityd(MaskIntensityd):
+    """MONAI's ``MaskIntensityd`` (``keys`` set to 0 wherever the mask ``mask_key`` is not > 0) for data in which the
+    mask is optional: an item without ``mask_key`` passes unchanged. A mask whose spatial shape differs from that of
+    ``keys`` raises an ``InputError`` naming the mask file (MONAI would fail to broadcast, or crop it wrongly later)."""
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        if self.mask_key not in data:
+            return dict(data)
+        mask = data[self.mask_key]
+        for key in self.key_iterator(dict(data)):
+            if tuple(mask.shape[1:]) != tuple(data[key].shape[1:]):
+                source = getattr(mask, "meta", {}).get("filename_or_obj", self.mask_key)
+                shapes = f"{tuple(mask.shape[1:])} but the image {tuple(data[key].shape[1:])}"
+                raise InputError(f"brain mask {source} has shape {shapes}: the mask must be on the image's voxel grid")
+        return super().__call__(data)

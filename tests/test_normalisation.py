@@ -1,0 +1,70 @@
+"""The intensity normalisation (scripts.normalisation): a background anchor and percentiles over the foreground."""
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import CropForeground, ScaleIntensityRangePercentiles
+
+from scripts.normalisation import ForegroundPercentileScaled, foreground
+from scripts.phantom import make_subject
+
+
+def _scale(image):
+    return ForegroundPercentileScaled("image")({"image": image})["image"]
+
+
+def test_background_anchor_and_foreground_percentile_by_hand():
+    """Skull-stripped 4^3 volume: 56 voxels 0, a 2^3 brain of 10, 20, ..., 80. The 99.5th percentile of the brain
+    lies at rank 0.995 x 7 = 6.965: 70 + 0.965 x 10 = 79.65; so 0 -> -1 and x -> -1 + 2 x / 79.65, clipped at 1.
+    A -500 voxel in the background changes nothing but itself (-1); today's minimum anchor moves all others."""
+    image = torch.zeros(1, 4, 4, 4)
+    image[0, 1:3, 1:3, 1:3] = torch.arange(10.0, 90.0, 10.0).reshape(2, 2, 2)
+    expected = torch.clamp(-1 + 2 * image / 79.65, max=1.0)
+    scaled = _scale(MetaTensor(image))
+    torch.testing.assert_close(scaled.as_tensor(), expected, atol=1e-5, rtol=0)
+    assert float(scaled[0, 2, 2, 2]) == 1.0 and float(scaled[0, 0, 0, 0]) == -1.0  # 80 clipped; background
+
+    negative = image.clone()
+    negative[0, 0, 0, 0] = -500.0
+    torch.testing.assert_close(_scale(negative), scaled.as_tensor(), atol=1e-6, rtol=0)  # that voxel was -1 already
+    today = ScaleIntensityRangePercentiles(0, 99.5, -1, 1, clip=True, channel_wise=True)(negative)
+    assert float(today[0, 3, 3, 3]) > -0.2  # the background far from -1: what the transform replaces
+
+
+def test_noisy_head_background_maps_to_minus_one_and_is_cropped_away():
+    """Head phantom in Rician air with a negative offset (values below 0): the air lands at -1 (median) and just
+    above it, the brain well above; the crop keeps the head, where MONAI's default keeps the whole field of view."""
+    subject = make_subject((48, 56, 56), head=True, seed=0)
+    image = torch.from_numpy(np.stack([subject["images"][m] for m in ("t1", "t2")]))
+    air = torch.from_numpy((subject["structures"] == 0) & (subject["head"] == 0))
+    brain = torch.from_numpy(subject["structures"] > 0)
+    assert image.min() < 0 and air.float().mean() > 0.6
+    scaled = _scale(image)
+    for channel in scaled:
+        assert float(channel[air].median()) == pytest.approx(-1.0, abs=1e-3)
+        assert float(channel[air].quantile(0.95)) < -0.8
+        assert float(channel[brain].median()) > -0.2
+    head_box = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(~air.numpy())]
+    start, end = CropForeground(select_fn=foreground, allow_smaller=True).compute_bounding_box(image)
+    np.testing.assert_allclose(np.stack([start, end], 1), head_box, atol=1)
+    start, end = CropForeground(allow_smaller=True).compute_bounding_box(image)  # MONAI's default: > 0
+    assert tuple(end - start) == tuple(image.shape[1:])
+
+
+def test_skull_stripped_phantom_keeps_todays_scaling():
+    """A training phantom (brain, background exactly 0), head-cropped: the background is -1 as today, and the brain
+    is today's scaling stretched by the ratio of the 99.5th percentiles of the box (today's) and of the brain."""
+    subject = make_subject((48, 56, 64), seed=0)
+    image = torch.from_numpy(np.stack([subject["images"][m] for m in ("t1", "t2")]))
+    image = CropForeground(select_fn=foreground, margin=4, allow_smaller=True)(image).as_tensor()
+    brain = image[0] > 0
+    assert 0.2 < brain.float().mean() < 0.8 and (image[:, ~brain] == 0).all()
+    scaled = _scale(image)
+    today = ScaleIntensityRangePercentiles(0, 99.5, -1, 1, clip=True, channel_wise=True)(image)
+    assert (scaled[:, ~brain] == -1).all() and (today[:, ~brain] == -1).all()
+    assert float((scaled - today)[:, brain].abs().max()) < 0.1
+    for c, channel in enumerate(image.numpy()):
+        ratio = np.percentile(channel, 99.5) / np.percentile(channel[brain.numpy()], 99.5)
+        inside = brain & (scaled[c] < 1) & (today[c] < 1)
+        torch.testing.assert_close(scaled[c][inside] + 1, (today[c][inside] + 1) * float(ratio), atol=1e-4, rtol=0)
