@@ -85,7 +85,7 @@ def test_label_names_come_from_metadata(bundle_root):
     assert infer.get_parsed_content("output_labels") == sorted(int(k) for k in pred["channel_def"])  # written values
     train = _parser(bundle_root, "train.yaml")
     train.update({"train#dataset#data": [{"image": "a.nii.gz", "label": "a_label.nii.gz"}]})
-    assert train.get_parsed_content("label_map") == ([0, 1, 2, 3], [0, 1, 2, 3])  # MONAI Label labels: indices
+    assert train.get_parsed_content("label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])  # MONAI Label labels: indices
 
 
 def test_plain_state_dict_model_loads_into_network_def(bundle_root, tmp_path):
@@ -188,6 +188,22 @@ def test_dataset_folder_becomes_monailabel_studies(tmp_path):
         write_studies(tmp_path / "iseg", "iseg", tmp_path / "studies")
 
 
+def test_excluded_structures_stay_excluded_in_studies(tmp_path):
+    """MRBrainS13 cerebellum and brainstem (codes 7, 8), left out of training and metrics, become 255 in the studies'
+    labels, which training on studies leaves out of the loss too; tissues become 0..3."""
+    from scripts.monailabel_data import write_studies
+    from scripts.phantom import write_mrbrains13
+
+    write_mrbrains13(tmp_path / "mrb", num_labeled=1, num_unlabeled=0, shape=(96, 96, 32), seed=1)
+    write_studies(tmp_path / "mrb", "mrbrains13", tmp_path / "studies", modalities=("t1", "t1_ir", "flair"))
+    codes = np.asarray(nib.load(str(next((tmp_path / "mrb").rglob("LabelsForTraining.nii*")))).dataobj)
+    label = np.asarray(nib.load(str(next((tmp_path / "studies" / "labels" / "final").iterdir()))).dataobj)
+    assert np.isin(codes, [7, 8]).any()
+    np.testing.assert_array_equal(label == 255, np.isin(codes, [7, 8]))
+    np.testing.assert_array_equal(label[np.isin(codes, [5, 6])], 1)  # CSF
+    assert set(np.unique(label)) <= {0, 1, 2, 3, 255}
+
+
 def test_monai_label_studies_have_class_index_labels(bundle_root, tmp_path):
     """MONAI Label's labels are class indices 0..3: the label format (and the input check's message) follow the
     training data, not --dataset_format."""
@@ -195,4 +211,4 @@ def test_monai_label_studies_have_class_index_labels(bundle_root, tmp_path):
     parser["train#dataset#data"] = [{"image": str(tmp_path / "s.nii.gz"), "label": str(tmp_path / "l.nii.gz")}]
     parser.parse()
     assert parser.get_parsed_content("label_format") == "datalist"
-    assert parser.get_parsed_content("label_map") == ([0, 1, 2, 3], [0, 1, 2, 3])
+    assert parser.get_parsed_content("label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])

@@ -38,7 +38,8 @@ def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
     """``(orig_labels, target_labels)`` for ``MapLabelValued``: dataset codes -> 0 bg, 1 CSF, 2 GM, 3 WM, IGNORE_LABEL.
 
     iseg/phantom: 0, 10, 150, 250 -> 0..3; mrbrains13: 1,2 -> GM, 3,4 -> WM, 5,6 -> CSF, 7,8 -> ignore;
-    mrbrains18: the same plus 9,10 -> ignore; datalist/folder: identity on 0..3 (the caller may override it).
+    mrbrains18: the same plus 9,10 -> ignore; datalist/folder: identity on 0..3 and IGNORE_LABEL (MONAI Label studies
+    written by ``scripts.monailabel_data``).
     """
     fmt = _check_format(dataset_format)
     if fmt in ("iseg", "phantom"):
@@ -47,7 +48,7 @@ def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
         return list(range(9)), list(_MRBRAINS_TARGETS)
     if fmt == "mrbrains18":
         return list(range(11)), _MRBRAINS_TARGETS + [IGNORE_LABEL, IGNORE_LABEL]
-    return [0, 1, 2, 3], [0, 1, 2, 3]
+    return [0, 1, 2, 3, IGNORE_LABEL], [0, 1, 2, 3, IGNORE_LABEL]
 
 
 def modality_names(dataset_format: str) -> tuple[str, ...] | None:

@@ -133,14 +133,15 @@ def write_studies(
 ) -> None:
     """Write every subject of a dataset folder as a MONAI Label study: ``<studies_dir>/<subject>.nii.gz`` (4D, see
     ``stack_modalities``) and, for labelled subjects, ``<studies_dir>/labels/final/<subject>.nii.gz`` holding the
-    class indices 0..3 (structures the dataset excludes, e.g. MRBrainS cerebellum, become background).
+    class indices 0..3, and 255 (``IGNORE_LABEL``) on structures the dataset excludes (e.g. MRBrainS cerebellum), which
+    training, like the dataset's own format, leaves out of the loss.
     ``dataset_format``/``modalities``/``suffixes``: as in the configs."""
     import nibabel as nib
 
     studies = Path(studies_dir).expanduser().resolve()
     subjects = find_subjects(dataset_dir, dataset_format, modalities, suffixes=suffixes)
     codes, classes = label_mapping(dataset_format)
-    lookup = dict(zip(codes, (0 if c == IGNORE_LABEL else c for c in classes)))
+    lookup = dict(zip(codes, classes))
     for subject in subjects:
         name = f"{subject['subject']}.nii.gz"
         image, label = studies / name, studies / "labels" / "final" / name
