@@ -308,3 +308,23 @@ def test_gradient_scalers_are_saved_in_the_last_checkpoint_and_resumed(tmp_path)
     LastCheckpoint({}, tmp_path / "plain.pt")(_trainer()[0])  # a run without loss scaling (CPU, bfloat16) ...
     resume(fresh, {}, tmp_path / "plain.pt")
     assert fresh.d_scaler.get_scale() == 256.0  # ... leaves the scalers as they are
+
+
+def test_contrast_swap_exchanges_grey_and_white_matter_statistics_and_is_the_appearance_target():
+    """contrast_swap 1: every fake is rendered with its source's GM and WM statistics exchanged (CSF and background
+    kept), and the generator's appearance term measures the fakes against those rendered statistics."""
+    trainer, net, _ = _trainer("mri", source_group_size=2, contrast_swap=1.0)
+    gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
+    trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
+    unlabeled = _batches(1, with_label=False, seed=3)[0]["image"]
+    swapped = trainer._source_statistics(unlabeled, 2)
+    trainer.contrast_swap = 0.0
+    plain = trainer._source_statistics(unlabeled, 2)
+    for s, p in zip(swapped, plain):
+        assert torch.equal(s[:, [0, 1]], p[:, [0, 1]]) and torch.equal(s[:, [2, 3]], p[:, [3, 2]])
+    seen = []
+    trainer.g_loss_function.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["source_stats"]),
+                                                  with_kwargs=True)  # fmt: skip
+    trainer.contrast_swap = 1.0
+    trainer.run()
+    assert len(seen) == 2 and all(len(s) == 3 and s[0].shape == (2, 4, 2) for s in seen)

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from scripts.datasets import IGNORE_LABEL
@@ -184,3 +185,17 @@ def test_generator_appearance_and_segmentation_terms_by_hand():
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     # classes too small in the source are left out
     assert loss.appearance(fake, fake_label, source, probs * 0.1).item() == 0.0
+
+
+def test_appearance_against_given_source_statistics():
+    """Given ``source_stats`` (mean, std, mass), the appearance term compares the fakes' class-wise statistics with
+    them (hand-computed): tissue 1 of the fake is 0.5 everywhere, the target mean 0.2, std 0.0 -> (0.3^2 + 0) / 1."""
+    loss = GeneratorLoss(appearance_weight=1.0, min_voxels=1)
+    label = torch.zeros(1, 1, 4, 4, 4, dtype=torch.long)
+    label[..., 2:] = 1
+    fake = torch.where(label == 1, 0.5, -1.0).float()
+    mean = torch.tensor([[[-1.0], [0.2], [0.0], [0.0]]])
+    std = torch.full((1, 4, 1), 1e-3)
+    mass = torch.tensor([[32.0, 32.0, 0.0, 0.0]])  # tissues 2 and 3 absent from the source: not compared
+    value = loss.appearance(fake, label, source_stats=(mean, std, mass))
+    assert value.item() == pytest.approx((0.0 + 0.3**2) / 2, abs=1e-5)

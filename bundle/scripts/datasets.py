@@ -20,6 +20,7 @@ from .atomic import write_json
 from .input_checks import InputError, MissingInputError
 
 IGNORE_LABEL = 255
+CSF, GM, WM = 1, 2, 3  # class indices of the tissues (0: background)
 FORMATS = ("iseg", "mrbrains13", "mrbrains18", "datalist", "folder", "phantom")
 SPLITS = ("training", "validation", "testing", "unlabeled")
 

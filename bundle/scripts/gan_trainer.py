@@ -16,6 +16,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from .checkpoint import unwrap
+from .datasets import GM, WM
 from .networks.generators import class_intensity_statistics, tissue_onehot
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,9 @@ class SemiSupervisedGanTrainer(Trainer):
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         source_group_size: consecutive unlabelled patches cut from one subject (``samples_per_volume``), over which a
             ``source_statistics`` generator's class-wise statistics are pooled.
+        contrast_swap: probability that a fake is rendered with its source's GM and WM statistics exchanged
+            (``source_statistics`` generators): infant WM turns from darker than GM to brighter within a year, so the
+            segmenter must not tie a tissue to one side of that contrast.
         num_classes: tissue classes K.
         amp: mixed precision (CUDA), with one gradient scaler per network when the autocast dtype is float16 (in
             ``state_dict``, hence in last.pt).
@@ -138,6 +142,7 @@ class SemiSupervisedGanTrainer(Trainer):
         deform_maps: float = 0.0,
         reconstruction_patches: int | None = None,
         source_group_size: int = 1,
+        contrast_swap: float = 0.0,
         num_classes: int = 4,
         max_nonfinite: int = 20,
         epoch_length: int | None = None,
@@ -186,6 +191,7 @@ class SemiSupervisedGanTrainer(Trainer):
         self.deform_maps = float(deform_maps)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
         self.source_group_size = max(1, int(source_group_size))
+        self.contrast_swap = float(contrast_swap)
         # float16's narrow range needs loss scaling; bfloat16 has float32's
         scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=scale)
@@ -237,7 +243,7 @@ class SemiSupervisedGanTrainer(Trainer):
             label = random_warp(label, self.deform_maps)
         return label
 
-    def _generate(self, target: torch.Tensor, unlabeled: torch.Tensor | None, reconstruct=None):
+    def _generate(self, target: torch.Tensor, unlabeled: torch.Tensor | None, reconstruct=None, stats=None):
         """Fakes for this iteration (one per labelled patch), the boundary logits (MRI-GAN only) and the
         reconstructions: the MRI-GAN renders ``target`` in the appearance of the unlabelled patches (mixing subjects
         across the batch) and, in the same batched pass, ``reconstruct = (image, label)`` patches from themselves
@@ -247,7 +253,9 @@ class SemiSupervisedGanTrainer(Trainer):
             noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
             return self.generator(noise), None, None
         n, sources, maps = target.shape[0], self._sources(unlabeled, target.shape[0]), target
-        stats = self._source_statistics(unlabeled, n) if g.source_statistics else None
+        if g.source_statistics and stats is None:
+            stats = self._source_statistics(unlabeled, n)
+        stats = None if stats is None else stats[:2]
         if reconstruct is not None:
             sources, maps = torch.cat([sources, reconstruct[0]]), torch.cat([target, reconstruct[1]])
             if stats is not None:  # a labelled patch's own tissues are known, and all present in its map
@@ -256,16 +264,23 @@ class SemiSupervisedGanTrainer(Trainer):
         out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes), source_stats=stats)
         return out[:n], boundary_logits[:n], out[n:] if reconstruct is not None else None
 
-    def _source_statistics(self, unlabeled: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class-wise intensity statistics of the sources of ``n`` fakes (``source_statistics`` generators): the
+    def _source_statistics(self, unlabeled: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """``(mean, std, mass)`` of the tissues of the sources of ``n`` fakes (``source_statistics`` generators): the
         frozen segmenter's probabilities weight the voxels, pooled over the ``source_group_size`` patches of each
-        unlabelled subject, so that a tissue missing from one patch still gets its subject's intensity."""
+        unlabelled subject, so that a tissue missing from one patch still gets its subject's intensity. With
+        ``contrast_swap`` p, each fake's GM and WM statistics are exchanged with probability p."""
         with frozen(self.network), torch.no_grad():
             probs = torch.softmax(unwrap(self.network)(unlabeled).float(), dim=1)
         group = self.source_group_size if unlabeled.shape[0] % self.source_group_size == 0 else 1
-        mean, std, _ = class_intensity_statistics(unlabeled, probs, group)
+        stats = class_intensity_statistics(unlabeled, probs, group)
         index = torch.arange(n, device=unlabeled.device) % unlabeled.shape[0]  # as _sources
-        return mean[index], std[index]
+        stats = tuple(t[index] for t in stats)
+        if self.contrast_swap > 0:
+            swap = torch.rand(n, device=unlabeled.device) < self.contrast_swap
+            order = torch.arange(self.num_classes, device=unlabeled.device)
+            order[[GM, WM]] = order[[WM, GM]]
+            stats = tuple(torch.where(swap.view(-1, *[1] * (t.ndim - 1)), t[:, order], t) for t in stats)
+        return stats
 
     def _reconstruction_patches(self, image: torch.Tensor, label: torch.Tensor):
         """``(image, label)`` of the labelled patches G reconstructs this iteration (``reconstruction_patches`` of
@@ -326,15 +341,17 @@ class SemiSupervisedGanTrainer(Trainer):
             unlabeled = self._next_unlabeled(engine) if self.unlabeled_data_loader is not None else None
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
-        fake = boundary_logits = target = reconstruction = reconstruct = None
+        fake = boundary_logits = target = reconstruction = reconstruct = stats = None
         generating = self.generator is not None and engine.state.iteration > self.generator_start
         if generating:
             self.generator.train()
             conditional = unwrap(self.generator).conditional
             target = self._target_maps(label) if conditional else label
             reconstruct = self._reconstruction_patches(image, label) if conditional else None
+            if conditional and unwrap(self.generator).source_statistics:
+                stats = self._source_statistics(unlabeled, target.shape[0])
             with self._autocast(), record_function("generator forward"):
-                fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct)
+                fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct, stats)
             output["fake"], output["fake_label"] = fake.detach(), target
         ramp = self.gan_ramp(engine.state.iteration)
         weights = self.d_loss_function.weights
@@ -380,7 +397,7 @@ class SemiSupervisedGanTrainer(Trainer):
             with record_function("generator step"):
                 g_ok = self._generator_step(
                     engine, output, image, label, target, unlabeled, fake, boundary_logits,
-                    reconstruction, None if reconstruct is None else reconstruct[0],
+                    reconstruction, None if reconstruct is None else reconstruct[0], stats,
                 )
 
         self._count_nonfinite(engine, d_ok and g_ok)
@@ -397,14 +414,16 @@ class SemiSupervisedGanTrainer(Trainer):
             )
 
     def _generator_step(
-        self, engine, output, image, label, target, unlabeled, fake, boundary_logits, reconstruction, original
+        self, engine, output, image, label, target, unlabeled, fake, boundary_logits, reconstruction, original,
+        stats=None,
     ) -> bool:
         """Update G against the frozen D.
 
         The MRI-GAN generator's terms (scripts.losses.GeneratorLoss): class-wise feature matching of the fakes
         (masks: their maps) against the labelled patches (masks: their labels), D's labelled loss on the fakes
         against their maps, the source patches' class-wise intensity statistics (classes: D's probabilities),
-        boundary and reconstruction. The Standard-GAN generator matches all real patches' mean features.
+        boundary and reconstruction (``stats``: the statistics a ``source_statistics`` generator rendered the fakes
+        with, the appearance target). The Standard-GAN generator matches all real patches' mean features.
         """
         conditional = unwrap(self.generator).conditional
         n = image.shape[0]
@@ -428,7 +447,7 @@ class SemiSupervisedGanTrainer(Trainer):
                 label=label if conditional else None, fake_label=target if conditional else None,
                 boundary_logits=boundary_logits, reconstruction=reconstruction,
                 reconstruction_target=original,
-                fake=fake, source=sources, source_probs=source_probs,
+                fake=fake, source=sources, source_probs=source_probs, source_stats=stats,
             )  # fmt: skip
         ok = self._finite(engine, g_terms, "generator")
         if ok:

@@ -153,7 +153,8 @@ class GeneratorLoss(nn.Module):
       that the segmenter reads it back;
     - appearance: per fake and class of its map, the squared differences of the mean and standard deviation of its
       intensities (per channel) from those of its source patch under D's tissue probabilities, for classes with at
-      least ``min_voxels`` voxels in both: the fake takes the source subject's contrast;
+      least ``min_voxels`` voxels in both: the fake takes the source subject's contrast (``source_stats``, the
+      statistics a ``source_statistics`` generator rendered the fake with, replace the source patch's own);
     - boundary: binary cross-entropy of the generator's boundary logits against the tissue boundaries of the map;
     - reconstruction: L1 between ``G(x, y_x)`` and ``x`` when the trainer passes them.
 
@@ -205,10 +206,12 @@ class GeneratorLoss(nn.Module):
         dims = (0, *range(2, real_features.ndim))
         return ((real_features.float().mean(dim=dims) - fake_features.float().mean(dim=dims)) ** 2).mean()
 
-    def appearance(self, fake: torch.Tensor, fake_label: torch.Tensor, source: torch.Tensor, source_probs: torch.Tensor):
-        """Class-wise intensity statistics of the fakes against their sources (see the class docstring)."""
+    def appearance(self, fake, fake_label, source=None, source_probs=None, source_stats=None):
+        """Class-wise intensity statistics of the fakes against their sources' (see the class docstring)."""
         fake_mean, fake_std, fake_mass = class_intensity_statistics(fake, tissue_onehot(fake_label, self.num_classes))
-        src_mean, src_std, src_mass = class_intensity_statistics(source, source_probs.detach())
+        if source_stats is None:
+            source_stats = class_intensity_statistics(source, source_probs.detach())
+        src_mean, src_std, src_mass = (t.detach() for t in source_stats)
         present = (fake_mass >= self.min_voxels) & (src_mass >= self.min_voxels)
         if not present.any():
             return fake.sum() * 0.0
@@ -228,18 +231,21 @@ class GeneratorLoss(nn.Module):
         fake: torch.Tensor | None = None,
         source: torch.Tensor | None = None,
         source_probs: torch.Tensor | None = None,
+        source_stats: tuple | None = None,
     ) -> dict[str, torch.Tensor]:
         """``label``: tissue map of the real features (class-wise matching); ``fake_label``: the map the fakes were
         generated from (default ``label``); ``fake``, ``source``, ``source_probs``: the fakes, their source patches and
-        D's tissue probabilities on them (appearance term)."""
+        D's tissue probabilities on them, or ``source_stats`` (mean, std, mass) of their sources (appearance term)."""
         fake_label = label if fake_label is None else fake_label
         terms = {"feature_matching": self.feature_matching(real_features, fake_features, label, fake_label)}
         if self.weights["adversarial"]:
             terms["adversarial"] = unlabelled_loss(fake_logits)
         if self.weights["segmentation"] and fake_label is not None:
             terms["segmentation"] = self.segmentation(fake_logits, fake_label)
-        if self.weights["appearance"] and fake is not None and source is not None and source_probs is not None:
-            terms["appearance"] = self.appearance(fake, fake_label, source, source_probs)
+        if self.weights["appearance"] and fake is not None and (
+            source_stats is not None or (source is not None and source_probs is not None)
+        ):
+            terms["appearance"] = self.appearance(fake, fake_label, source, source_probs, source_stats)
         if self.weights["boundary"] and boundary_logits is not None and fake_label is not None:
             target = tissue_boundaries(fake_label, self.num_classes)
             terms["boundary"] = nn.functional.binary_cross_entropy_with_logits(boundary_logits.float(), target)
