@@ -12,7 +12,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy, convert_to_tensor
 
-from .tissue_outputs import _subject, voxel_volume_ml
+from .tissue_outputs import subject_of, voxel_volume_ml
 
 logger = logging.getLogger(__name__)
 
@@ -81,5 +81,5 @@ class OutOfDistributionWarningd(MapTransform):
             if s["confidence"] < self.min_confidence:
                 odd.append(f"a mean confidence of {s['confidence']:.2f} over the brain (below {self.min_confidence:g})")
             if odd:
-                logger.warning(f"subject {_subject(d[key], d)} looks unlike the training data: {'; '.join(odd)}")
+                logger.warning(f"subject {subject_of(d[key], d)} looks unlike the training data: {'; '.join(odd)}")
         return d

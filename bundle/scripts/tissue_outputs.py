@@ -41,7 +41,7 @@ def voxel_volume_ml(affine) -> float:
     return abs(float(torch.linalg.det(affine[:3, :3]))) / 1000.0
 
 
-def _subject(label, data: Mapping) -> str:
+def subject_of(label, data: Mapping) -> str:
     """The subject id the label file is named after (``subject_name_formatter``), else the datalist's."""
     meta = getattr(label, "meta", {})
     if "subject" in meta:
@@ -97,7 +97,7 @@ class TissueVolumesd(MapTransform):
             label = d[key]
             if not isinstance(label, MetaTensor):
                 raise TypeError(f"TissueVolumesd needs a MetaTensor (with its affine) in {key!r}, got {type(label).__name__}")
-            d[self.volumes_key] = {"subject": _subject(label, d), **tissue_volumes(label, label.affine, self.tissues)}
+            d[self.volumes_key] = {"subject": subject_of(label, d), **tissue_volumes(label, label.affine, self.tissues)}
         return d
 
 
@@ -249,5 +249,5 @@ class SaveOverlayd(MapTransform):
                 raise ValueError(f"overlay: {source} has shape {tuple(image.shape)}, the label map {tuple(label.shape[1:])}")
             affine = convert_to_numpy(label.affine)
             rgb = overlay_rgb(convert_to_numpy(image), convert_to_numpy(label[0]), affine, self.alpha)
-            write_png(self.output_dir / f"{_subject(label, d)}_{self.postfix}.png", rgb)
+            write_png(self.output_dir / f"{subject_of(label, d)}_{self.postfix}.png", rgb)
         return d
