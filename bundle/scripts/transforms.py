@@ -7,7 +7,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, MaskIntensityd
+from monai.transforms import MapTransform, MaskIntensityd, RandomizableTransform
 from monai.utils import convert_to_numpy
 
 from .datasets import IGNORE_LABEL
@@ -92,3 +92,35 @@ class OptionalMaskIntensityd(MaskIntensityd):
                 shapes = f"{tuple(mask.shape[1:])} but the image {tuple(data[key].shape[1:])}"
                 raise InputError(f"brain mask {source} has shape {shapes}: the mask must be on the image's voxel grid")
         return super().__call__(data)
+
+
+class RandTissueShiftd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, add to each tissue of ``keys`` (labels 1..num_classes-1 of ``label_key``) one
+    random offset per channel, uniform in ``[-offset, offset]``; background and excluded voxels stay as they are.
+
+    Contrast randomisation that keeps the scan's texture, noise and bias (SynthSeg redraws whole images from the
+    labels instead): with offsets as large as the tissue contrasts, the order of GM and WM intensities flips, as it
+    does in the first year of life. MONAI's intensity transforms change all voxels alike and know no labels.
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", offset: float = 0.5, prob: float = 0.5,
+                 num_classes: int = 4, allow_missing_keys: bool = False):  # fmt: skip
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.label_key, self.offset, self.num_classes = label_key, float(offset), int(num_classes)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        label = torch.as_tensor(d[self.label_key])[0]
+        for key in self.key_iterator(d):
+            image = d[key].clone()
+            shifts = self.R.uniform(-self.offset, self.offset, (image.shape[0], self.num_classes))
+            for tissue in range(1, self.num_classes):
+                inside = label == tissue
+                for channel in range(image.shape[0]):
+                    image[channel][inside] += float(shifts[channel, tissue])
+            d[key] = image
+        return d
