@@ -1,6 +1,7 @@
 """The comparison on the phantom cohort: the plain UNet baseline, supervised, Standard-GAN, MRI-GAN as the paper trains
 it, MRI-GAN with tissue transfer (the default) and a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over
-several seeds.
+several seeds; on request (``--variants``) also tissue transfer conditioned on the source's statistics, with GM/WM
+swapped at random, and supervised training with random tissue offsets (0.6.0's experiments).
 
 Every bundle run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
 with the same data split, number of iterations and seed; only the training seed changes between repeats (the split is
@@ -33,17 +34,23 @@ import numpy as np
 from .atomic import write_json, write_text
 from .evaluation import TISSUES
 
-VARIANTS = {  # in run order: the plain baseline takes the supervised run's time
-    "supervised": ["configs/supervised.yaml"],
+VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
+    "supervised": (["configs/supervised.yaml"], {}),
     "plain_unet": None,  # scripts.benchmark_plain_unet, not a bundle config
-    "mean_teacher": ["configs/mean_teacher.yaml"],
-    "standard_gan": ["configs/standard_gan.yaml"],
-    "paper_gan": ["configs/paper_gan.yaml"],
-    "mri_gan": [],
+    "mean_teacher": (["configs/mean_teacher.yaml"], {}),
+    "standard_gan": (["configs/standard_gan.yaml"], {}),
+    "paper_gan": (["configs/paper_gan.yaml"], {}),
+    "mri_gan": ([], {}),
+    "mri_gan_statistics": ([], {"source_statistics": True}),
+    "mri_gan_swap": ([], {"source_statistics": True, "contrast_swap": 0.5}),
+    "supervised_shift": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5}),
 }
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
     "standard_gan": "Standard-GAN", "paper_gan": "MRI-GAN, paper's K+1 setting", "mri_gan": "MRI-GAN, tissue transfer",
+    "mri_gan_statistics": "MRI-GAN, tissue transfer with the source's statistics",
+    "mri_gan_swap": "MRI-GAN, source's statistics, GM/WM swapped at random",
+    "supervised_shift": "Supervised, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
@@ -83,8 +90,9 @@ def _bundle(bundle_root: Path, run_id: str, configs: list[str], args: list[str],
 
 
 def _run_bundle(bundle_root, run_dir, variant, settings, n, seed) -> dict:
-    configs = ["configs/train.yaml", *VARIANTS[variant]]
-    args = _overrides({**settings, "num_labeled": n, "seed": seed, "output_dir": str(run_dir / "runs"),
+    configs, options = VARIANTS[variant]
+    configs = ["configs/train.yaml", *configs]
+    args = _overrides({**settings, **options, "num_labeled": n, "seed": seed, "output_dir": str(run_dir / "runs"),
                        "ckpt_dir": str(run_dir / "models")})  # fmt: skip
     train_s = _bundle(bundle_root, "training", configs, args, run_dir / "train.log")
     _bundle(bundle_root, "evaluating", [*configs, "configs/evaluate.yaml"],
@@ -110,7 +118,7 @@ def _run_plain(bundle_root, run_dir, settings, n, seed, minutes) -> dict:
 def run(
     profile: str = "cpu",
     labelled=(1, 2, 8),
-    variants=tuple(VARIANTS),
+    variants=("supervised", "plain_unet", "mean_teacher", "standard_gan", "paper_gan", "mri_gan"),
     seeds=(0, 1, 2),
     work_dir: str = "runs/comparison",
     dataset_dir: str = "data/cohort",
