@@ -93,7 +93,7 @@ def test_overlay_refuses_mismatched_shapes_and_labels(subject, tmp_path):
     mismatch = r"small_seg\.nii\.gz: shape \(20, 24, 27\) differs from .*s-T1\.nii\.gz's \(20, 24, 28\)"
     with pytest.raises(ValueError, match=mismatch):
         figures.overlay(images, small, out=tmp_path / "o.png")
-    iseg_as_0_to_3 = r"s-label\.nii\.gz: label values \[10, 150, 250\] are not among \[0, 1, 2, 3\]"
+    iseg_as_0_to_3 = r"s-label\.nii\.gz: label values \[10, 150, 250\] are not among \[0, 1, 2, 3, 255\]"
     with pytest.raises(ValueError, match=iseg_as_0_to_3):  # iSEG values read with the default label format
         figures.overlay(images, seg, str(tmp_path / "s-label.nii.gz"), out=tmp_path / "o.png")
     with pytest.raises(FileNotFoundError, match="missing.nii.gz: no such file"):
