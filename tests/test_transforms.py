@@ -28,3 +28,4 @@ def test_tissue_shift_joins_labelled_training_only_when_asked(bundle_root):
     parser["tissue_shift_prob"] = 0.5
     (shift,) = parser.get_parsed_content("train#tissue_shift")
     assert isinstance(shift, RandTissueShiftd) and shift.prob == 0.5 and shift.offset == 0.5
+

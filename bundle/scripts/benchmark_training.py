@@ -51,6 +51,9 @@ def profile(configs=("configs/train.yaml",), iterations: int = 20, warmup: int =
     total = warmup + iterations
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / c) for c in ([configs] if isinstance(configs, str) else configs)])
+    unknown = [key for key in overrides if key not in parser]  # e.g. --help, which fire passes on as an override
+    if unknown:
+        raise ValueError(f"{unknown} are not keys of {configs}: nothing was run (the arguments: {profile.__doc__})")
     with tempfile.TemporaryDirectory() as tmp:
         settings = {
             "bundle_root": str(BUNDLE_ROOT),
