@@ -247,7 +247,8 @@ class SemiSupervisedGanTrainer(Trainer):
         """Fakes for this iteration (one per labelled patch), the boundary logits (MRI-GAN only) and the
         reconstructions: the MRI-GAN renders ``target`` in the appearance of the unlabelled patches (mixing subjects
         across the batch) and, in the same batched pass, ``reconstruct = (image, label)`` patches from themselves
-        (``None``: no reconstructions). G's weights do not change before its step, so one pass serves both."""
+        (``None``: no reconstructions). G's weights do not change before its step, so one pass serves both.
+        ``stats``: ``_source_statistics`` of the sources for a ``source_statistics`` generator (``None``: computed)."""
         g = unwrap(self.generator)
         if not g.conditional:
             noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
