@@ -44,6 +44,7 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_statistics": ([], {"source_statistics": True}),
     "mri_gan_swap": ([], {"source_statistics": True, "contrast_swap": 0.5}),
     "supervised_shift": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5}),
+    "mri_gan_shift": ([], {"tissue_shift_prob": 0.5}),
 }
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
@@ -51,6 +52,7 @@ LABELS = {
     "mri_gan_statistics": "MRI-GAN, tissue transfer with the source's statistics",
     "mri_gan_swap": "MRI-GAN, source's statistics, GM/WM swapped at random",
     "supervised_shift": "Supervised, tissue intensities shifted at random",
+    "mri_gan_shift": "MRI-GAN, tissue transfer, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
