@@ -428,7 +428,8 @@ class SemiSupervisedGanTrainer(Trainer):
         """
         conditional = unwrap(self.generator).conditional
         n = image.shape[0]
-        sources = self._sources(unlabeled, n) if conditional else None
+        # the sources' probabilities give the appearance target, unless the rendered statistics are that target
+        sources = self._sources(unlabeled, n) if conditional and stats is None else None
         real = image if conditional or unlabeled is None else torch.cat([image, unlabeled])
         loss = self.g_loss_function
         self.g_optimizer.zero_grad(set_to_none=True)

@@ -114,13 +114,11 @@ class RandTissueShiftd(RandomizableTransform, MapTransform):
         self.randomize(None)
         if not self._do_transform:
             return d
-        label = torch.as_tensor(d[self.label_key])[0]
+        label = torch.as_tensor(d[self.label_key])[0].long()
+        tissue = (label > 0) & (label < self.num_classes)  # background and excluded voxels keep their intensity
         for key in self.key_iterator(d):
-            image = d[key].clone()
+            image = d[key]
             shifts = self.R.uniform(-self.offset, self.offset, (image.shape[0], self.num_classes))
-            for tissue in range(1, self.num_classes):
-                inside = label == tissue
-                for channel in range(image.shape[0]):
-                    image[channel][inside] += float(shifts[channel, tissue])
-            d[key] = image
+            offsets = torch.as_tensor(shifts, dtype=image.dtype)[:, torch.where(tissue, label, 0)]
+            d[key] = image + torch.where(tissue, offsets, torch.zeros_like(offsets))
         return d
