@@ -1,4 +1,6 @@
-"""Benchmark scripts: their command lines fail fast."""
+"""Benchmark scripts: command lines that fail fast, and the helpers their numbers come from."""
+
+from pathlib import Path
 
 import pytest
 
@@ -10,3 +12,34 @@ def test_training_profile_refuses_unknown_options_before_running():
     override. Unknown keys now stop it before anything is built."""
     with pytest.raises(ValueError, match=r"\['help'\] are not keys"):
         profile(help=True)
+
+
+def test_weights_benchmark_scores_label_maps_and_masks_full_heads(tmp_path, monkeypatch):
+    """``scripts.benchmark_weights``: Dice against iSEG label values (checked by hand), a brain mask beside each
+    full-head subject (the label's brain), and the report's table."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from scripts import benchmark_weights
+
+    seg, label = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
+    seg[:2], label[:1] = 1, 10  # CSF: 32 voxels against 16, 16 shared: Dice 2*16/48
+    seg[2:, :2], label[2:, :1] = 2, 150  # GM: 16 against 8, 8 shared
+    label[3, 3, 3] = 250  # WM missed: Dice 0
+    for name, volume, image in (("seg", seg, nib.Nifti1Image), ("label", label, nib.AnalyzeImage)):
+        nib.save(image(volume, np.eye(4)), str(tmp_path / f"{name}.{'nii.gz' if name == 'seg' else 'hdr'}"))
+    dice = benchmark_weights._dice(str(tmp_path / "seg.nii.gz"), str(tmp_path / "label.hdr"))
+    np.testing.assert_allclose(dice, [2 / 3, 2 / 3, 0.0], atol=1e-6)
+
+    monkeypatch.setattr(benchmark_weights, "SETS", {"tiny_head": {"shape": [64, 72, 80], "head": True}})
+    entries = benchmark_weights._write_set(tmp_path / "data" / "tiny_head", "tiny_head")
+    assert len(entries) == 8 and all(Path(e["mask"]).is_file() for e in entries)
+    brain = np.asarray(nib.load(entries[0]["label"]).dataobj) > 0
+    np.testing.assert_array_equal(np.asarray(nib.load(entries[0]["mask"]).dataobj) > 0, brain)
+
+    results = {"new": {"tiny_head": {"modalities": ["t1"], "dice": {"CSF": 0.5, "GM": 0.6, "WM": 0.7}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    table = benchmark_weights.report(str(tmp_path / "results.json")).splitlines()
+    assert table[0] == "| weights | modalities | tiny_head |" and table[2] == "| new | t1 | 0.500 / 0.600 / 0.700 (0.600) |"

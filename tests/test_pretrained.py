@@ -1,8 +1,10 @@
-"""The shipped weights: models/model.pt loads into the default network, and `evaluate` on the phantom test split
-measures the eval_metrics recorded in configs/metadata.json."""
+"""The shipped weights: models/model.pt (T1+T2) and models/model_t1.pt (T1 only) load into their networks,
+inference picks them by `modalities`, and `evaluate` on the phantom test split measures the eval_metrics recorded
+in configs/metadata.json."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,42 +13,85 @@ import numpy as np
 import pytest
 import torch
 
+from monai.bundle import ConfigParser
+
+from scripts.input_checks import MissingInputError
 from scripts.networks import Segmenter
-from scripts.phantom import _ISEG_LABEL_VALUES, _subject_seed, _to_int16, make_subject
+from scripts.phantom import _write_iseg_subject, make_subject
 
 pytestmark = pytest.mark.slow
 
-TEST_SUBJECTS = ["subject-2", "subject-9"]  # the default split's testing subjects (seed 0, 12 labelled phantoms)
+# How each shipped weights file was trained (docs/README.md, "Shipped weights"): the phantom dataset of its training
+# command (scripts.phantom.write_iseg arguments), its split (the run's split.json) and its eval_metrics' key prefix.
+SHIPPED = {
+    "model.pt": {
+        "modalities": ["t1", "t2"], "split": "pretrained_split.json", "prefix": "test_",
+        "phantom": {"num_labeled": 16, "shape": (144, 192, 256), "seed": 1, "preset": "infant",
+                    "options": {"cohort": True, "head": False, "randomize": True, "folded": True}},
+    },
+    "model_t1.pt": {
+        "modalities": ["t1"], "split": "pretrained_t1_split.json", "prefix": "t1_only_test_",
+        "phantom": {"num_labeled": 16, "shape": (176, 216, 160), "seed": 2, "preset": "adult",
+                    "options": {"cohort": False, "head": False, "randomize": True, "folded": True}},
+    },
+}  # fmt: skip
 
 
-def test_model_pt_is_a_small_plain_state_dict_of_the_default_network(bundle_root):
-    path = bundle_root / "models" / "model.pt"
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_weights_are_small_plain_state_dicts_of_the_default_network(bundle_root, name):
+    path = bundle_root / "models" / name
     assert path.stat().st_size < 25 * 2**20
-    Segmenter(2, 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    Segmenter(len(SHIPPED[name]["modalities"]), 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _write_test_subjects(folder):
-    """The phantom dataset's test subjects, exactly as `write_iseg` writes them (same per-subject seeds)."""
+def _inference_parser(bundle_root, **overrides):
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "inference.yaml"))
+    parser.update({"bundle_root": str(bundle_root), **overrides})
+    return parser
+
+
+@pytest.mark.parametrize("modalities, name", [(["t1", "t2"], "model.pt"), (["t1"], "model_t1.pt"), (["T1"], "model_t1.pt")])
+def test_inference_picks_the_shipped_weights_of_its_modalities(bundle_root, modalities, name):
+    parser = _inference_parser(bundle_root, modalities=modalities)
+    assert parser.get_parsed_content("ckpt_path") == str(bundle_root / "models" / name)
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(parser.get_parsed_content("ckpt_path"), map_location="cpu", weights_only=True))
+
+
+def test_modalities_without_shipped_weights_ask_for_a_checkpoint(bundle_root):
+    with pytest.raises(RuntimeError) as raised:  # the bundle's parser wraps it; the excepthook prints the cause
+        _inference_parser(bundle_root, modalities=["t1", "flair"]).get_parsed_content("ckpt_path")
+    error = raised.value.__cause__
+    assert isinstance(error, MissingInputError)
+    assert re.match(r"no shipped weights for modalities \['t1', 'flair'\].*--ckpt_path", str(error))
+    given = _inference_parser(bundle_root, modalities=["t1", "flair"], ckpt_path="/data/mine.pt")
+    assert given.get_parsed_content("ckpt_path") == "/data/mine.pt"
+
+def _write_test_subjects(folder, split, modalities, phantom):
+    """The training run's test subjects, written exactly as its phantom dataset wrote them."""
     folder.mkdir()
     entries = []
-    for name in TEST_SUBJECTS:
+    for entry in split["testing"]:
+        name = entry["subject"]
         index = int(name.split("-")[1])
-        subject = make_subject((144, 192, 256), "infant", _subject_seed(0, index))
-        volumes = {"T1": _to_int16(subject["images"]["t1"]), "T2": _to_int16(subject["images"]["t2"]),
-                   "label": _ISEG_LABEL_VALUES[subject["label"]]}  # fmt: skip
-        for suffix, volume in volumes.items():
-            nib.save(nib.AnalyzeImage(volume, np.eye(4)), str(folder / f"{name}-{suffix}.hdr"))
-        entries.append({"subject": name, **{k.lower(): str(folder / f"{name}-{k}.hdr") for k in volumes}})
+        _write_iseg_subject(index, folder, phantom["num_labeled"], phantom["shape"], phantom["seed"],
+                            phantom["preset"], phantom["options"])  # fmt: skip
+        entries.append({"subject": name, "label": str(folder / f"{name}-label.hdr"),
+                        **{m: str(folder / f"{name}-{m.upper()}.hdr") for m in modalities}})  # fmt: skip
     return entries
 
 
-def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path):
-    split = json.loads((bundle_root / "docs" / "benchmarks" / "pretrained_split.json").read_text())
-    assert [e["subject"] for e in split["testing"]] == TEST_SUBJECTS
-    datalist = {"training": [], "validation": [], "testing": _write_test_subjects(tmp_path / "phantom"), "unlabeled": []}
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path, name):
+    shipped = SHIPPED[name]
+    split = json.loads((bundle_root / "docs" / "benchmarks" / shipped["split"]).read_text())
+    testing = _write_test_subjects(tmp_path / "phantom", split, shipped["modalities"], shipped["phantom"])
+    datalist = {"training": [], "validation": [], "testing": testing, "unlabeled": []}
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "evaluating",
         "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", "--datalist", repr(datalist),
+        "--modalities", repr(shipped["modalities"]), "--ckpt_path", f"models/{name}",
         "--eval_dir", str(tmp_path / "eval"), "--output_dir", str(tmp_path / "runs"), "--num_workers", "0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
@@ -54,8 +99,38 @@ def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     measured = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]
     recorded = json.loads((bundle_root / "configs" / "metadata.json").read_text())["eval_metrics"]
+    prefix = shipped["prefix"]
     for tissue in ("CSF", "GM", "WM"):
-        assert measured["val_dice"][tissue]["mean"] == pytest.approx(recorded[f"test_dice_{tissue.lower()}"], abs=1e-3)
-        assert measured["val_hd95"][tissue]["mean"] == pytest.approx(recorded[f"test_hd95_{tissue.lower()}_mm"], abs=1e-3)
+        assert measured["val_dice"][tissue]["mean"] == pytest.approx(recorded[f"{prefix}dice_{tissue.lower()}"], abs=1e-3)
+        assert measured["val_hd95"][tissue]["mean"] == pytest.approx(recorded[f"{prefix}hd95_{tissue.lower()}_mm"], abs=1e-3)
     mean = np.mean([measured["val_dice"][t]["mean"] for t in ("CSF", "GM", "WM")])
-    assert mean == pytest.approx(recorded["test_mean_dice"], abs=1e-3)
+    assert mean == pytest.approx(recorded[f"{prefix}mean_dice"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name, preset, shape, modalities",
+    [("model.pt", "infant", (144, 192, 256), ["t1", "t2"]), ("model_t1.pt", "adult", (192, 240, 256), ["t1"])],
+)
+def test_shipped_weights_segment_a_full_head_with_its_brain_mask(
+    bundle_root, tmp_path, monkeypatch, name, preset, shape, modalities
+):
+    """A phantom head never seen in training (skull, scalp, eyes, neck; Rician background with an offset, so
+    negative voxels) with its brain mask, as a user's folder of NIfTI scans: the head and the air come out
+    background, the brain segmented. `modalities` alone picks the weights."""
+    from monai.bundle import run
+
+    subject = make_subject(shape, preset, seed=12345, head=True, modalities=modalities)
+    label, head = subject["label"], subject["head"]
+    data = tmp_path / "data"
+    data.mkdir()
+    files = {m: subject["images"][m] for m in modalities} | {"mask": (subject["structures"] > 0).astype(np.uint8)}
+    for key, volume in files.items():
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(data / f"head_{key}.nii.gz"))
+    monkeypatch.chdir(bundle_root)
+    run("inference", config_file="configs/inference.yaml", dataset_dir=str(data), dataset_format="folder",
+        modalities=modalities, suffixes={k: f"_{k}.nii.gz" for k in files}, output_dir=str(tmp_path / "out"))
+    seg = np.asarray(nib.load(str(tmp_path / "out" / "head_seg.nii.gz")).dataobj)
+    assert (head > 0).sum() > (label > 0).sum() / 2 and subject["images"][modalities[0]].min() < 0  # a real head
+    assert not (seg[(label == 0)] > 0).any()  # skull, scalp, eyes, neck and air: background
+    dice = [2 * ((seg == c) & (label == c)).sum() / ((seg == c).sum() + (label == c).sum()) for c in (1, 2, 3)]
+    assert min(dice) > 0.55, dice  # model.pt: 0.82 / 0.63 / 0.75; a map of one tissue scores 0 on the others

@@ -133,3 +133,16 @@ class BestCheckpoint:
     def __call__(self, engine: Engine) -> None:
         if engine.state.best_metric_epoch == engine.state.epoch:
             _save_if_finite(self.obj.state_dict(), self.path, f"the best weights of epoch {engine.state.epoch}")
+
+
+def pretrained_path(models_dir, weights: Mapping[str, str], modalities) -> str:
+    """The shipped weights file in ``models_dir`` for input ``modalities``: ``weights`` maps modality names joined
+    by ``+`` (``"t1+t2"``, ``"t1"``) to file names. Other modalities: a ``MissingInputError`` that says how to get a
+    model for them (MONAI's bundle tooling has one ``ckpt_path`` per config, not one per input set)."""
+    name = "+".join(str(m).lower() for m in modalities)
+    if name not in weights:
+        raise MissingInputError(
+            f"no shipped weights for modalities {list(modalities)} (shipped: {', '.join(sorted(weights))}): train a "
+            f"model with --modalities and pass its model.pt as --ckpt_path"
+        )
+    return str(Path(models_dir) / weights[name])
