@@ -1,6 +1,6 @@
 """The shipped weights: models/model.pt (T1+T2) and models/model_t1.pt (T1 only) load into their networks,
-inference picks them by `modalities`, and `evaluate` on the phantom test split measures the eval_metrics recorded
-in configs/metadata.json."""
+inference picks them by `modalities`, `evaluate` on their runs' test subjects measures the eval_metrics recorded in
+configs/metadata.json, and a full head with its brain mask gets nothing labelled outside the brain."""
 
 import json
 import os
@@ -12,7 +12,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from monai.bundle import ConfigParser
 
 from scripts.input_checks import MissingInputError
