@@ -10,6 +10,7 @@ import pytest
 from monai.transforms import MapLabelValued
 
 from scripts import datasets as ds
+from scripts.input_checks import InputError
 
 
 def _nii(path, value=0):
@@ -185,6 +186,12 @@ def test_folder_default_and_custom_suffixes(tmp_path):
             "mask": str(tmp_path / "c/case2_mask.nii"),
         },
     ]
+
+    # as the command line leaves it: --suffixes "{t1: -t1.nii, ...}" reaches the config as a string (YAML)
+    as_typed = "{t1: -t1.nii, ir: -ir-t1.nii, label: .seg.nii, mask: _mask.nii}"
+    assert ds.find_subjects(tmp_path / "c", "folder", ["t1", "ir"], suffixes=as_typed) == subjects
+    with pytest.raises(InputError, match=r"--suffixes '_T1.nii.gz' is not a mapping"):
+        ds.find_subjects(tmp_path / "c", "folder", ["t1"], suffixes="_T1.nii.gz")
 
 
 # ---------------------------------------------------------------------------------------------------- errors

@@ -316,9 +316,21 @@ def _find_by_folder(modalities: tuple[str, ...], files: dict, dirs: list[Path]) 
     return _complete(subjects, modalities, lambda sid, m: f"{folders[sid] / files[m]}.nii (or .nii.gz)")
 
 
-def _folder_suffixes(modalities: tuple[str, ...], suffixes: dict | None) -> dict:
+def _folder_suffixes(modalities: tuple[str, ...], suffixes: dict | str | None) -> dict:
+    """``suffixes`` as a dict; a string is read as YAML (fire leaves ``--suffixes "{t1: _T1.nii.gz}"`` a string:
+    the dots stop it from parsing the unquoted names)."""
     if suffixes is None:
         return {**{m: f"_{m.upper()}.nii.gz" for m in modalities}, "label": "_label.nii.gz"}
+    if isinstance(suffixes, str):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(suffixes)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise InputError(f"--suffixes {suffixes!r} is not a mapping: write it as \"{{t1: _T1.nii.gz, t2: _T2.nii.gz}}\"")
+        suffixes = {str(k): str(v) for k, v in parsed.items()}
     missing = [m for m in modalities if m not in suffixes]
     if missing:
         raise InputError(f"suffixes {dict(suffixes)} have no entry for modalities {missing}")
