@@ -28,10 +28,12 @@ import fire
 import nibabel as nib
 import numpy as np
 import torch
-from monai.metrics import DiceMetric
+from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
+from monai.transforms import MapLabelValue
 
 from .atomic import write_json
+from .datasets import label_mapping
 from .evaluation import TISSUES
 from .phantom import write_dataset
 
@@ -47,7 +49,6 @@ SETS = {  # write_dataset options of each held-out set (8 labelled subjects, pha
     "adult_random": {"shape": ADULT, "preset": "adult", **RANDOM},
     "adult_head_random": {"shape": ADULT_HEAD, "preset": "adult", "head": True, **RANDOM},
 }
-LABEL_VALUES = (0, 10, 150, 250)  # iSEG
 
 
 def _write_set(data: Path, name: str) -> list[dict]:
@@ -71,10 +72,9 @@ def _write_set(data: Path, name: str) -> list[dict]:
 def _dice(seg_path: str, label_path: str) -> list[float]:
     """Dice of CSF, GM and WM between a written label map (0..3) and an iSEG label (0/10/150/250)."""
     seg = torch.as_tensor(np.asarray(nib.load(seg_path).dataobj).astype(np.int64))
-    label = np.searchsorted(LABEL_VALUES, np.asarray(nib.load(label_path).dataobj))
-    label = torch.as_tensor(label.astype(np.int64))
-    metric = DiceMetric(include_background=False)
-    return metric(one_hot(seg[None, None], 4), one_hot(label[None, None], 4))[0].tolist()
+    label = MapLabelValue(*label_mapping("iseg"), dtype=np.int64)(np.asarray(nib.load(label_path).dataobj))
+    label = torch.as_tensor(label)
+    return compute_dice(one_hot(seg[None, None], 4), one_hot(label[None, None], 4), include_background=False)[0].tolist()
 
 
 def run(ckpt: str = "models/model.pt", modalities=("t1", "t2"), tag: str = "t1t2", sets=None,
@@ -84,8 +84,7 @@ def run(ckpt: str = "models/model.pt", modalities=("t1", "t2"), tag: str = "t1t2
     results_path = work / "results.json"
     for name in sets or list(SETS):
         entries = _write_set(work / "data" / name, name)
-        datalist = [{k: v for k, v in e.items() if k != "label" and (k in modalities or k in ("subject", "mask"))}
-                    for e in entries]  # fmt: skip
+        datalist = [{k: v for k, v in e.items() if k in (*modalities, "subject", "mask")} for e in entries]
         out = work / tag / name
         out.mkdir(parents=True, exist_ok=True)
         cmd = [
