@@ -328,3 +328,25 @@ def test_contrast_swap_exchanges_grey_and_white_matter_statistics_and_is_the_app
     trainer.contrast_swap = 1.0
     trainer.run()
     assert len(seen) == 2 and all(len(s) == 3 and s[0].shape == (2, 4, 2) for s in seen)
+
+
+def test_source_statistics_from_clusters_use_the_unlabelled_batch_map_not_the_segmenter():
+    """source_classes 'clusters': the statistics are those of the batch's clusters map, pooled per subject; the
+    segmenter is not consulted; a batch without the map stops with a message that names TissueClustersd."""
+    trainer, net, _ = _trainer("mri", source_group_size=2, source_classes="clusters")
+    gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
+    trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
+    unlabeled = _batches(1, with_label=False, seed=3)[0]
+    unlabeled["clusters"] = torch.randint(0, 4, (2, 1, *PATCH), generator=torch.Generator().manual_seed(4))
+    trainer.unlabeled_data_loader = [unlabeled]
+    calls = []
+    net.register_forward_hook(lambda *args: calls.append(1))
+    image = trainer._next_unlabeled(trainer)
+    stats = trainer._source_statistics(image, 2)
+    pooled = class_intensity_statistics(image, tissue_onehot(unlabeled["clusters"]), 2)
+    assert not calls and all(torch.equal(a, b) for a, b in zip(stats, pooled))
+    trainer.run()
+    assert trainer.state.nonfinite_steps == 0
+    trainer.unlabeled_data_loader, trainer._unlabeled_iter = [{"image": unlabeled["image"]}], None
+    with pytest.raises(KeyError, match="TissueClustersd"):
+        trainer._next_unlabeled(trainer)

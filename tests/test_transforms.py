@@ -1,9 +1,10 @@
 """The bundle's own transforms checked against hand computations."""
 
+import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.transforms import RandTissueShiftd
+from scripts.transforms import RandTissueShiftd, TissueClustersd, tissue_clusters
 
 
 def test_tissue_shift_adds_one_offset_per_tissue_and_channel():
@@ -29,3 +30,47 @@ def test_tissue_shift_joins_labelled_training_only_when_asked(bundle_root):
     (shift,) = parser.get_parsed_content("train#tissue_shift")
     assert isinstance(shift, RandTissueShiftd) and shift.prob == 0.5 and shift.offset == 0.5
 
+
+
+def _layered_brain(gm_value, wm_value, csf_value=(-0.6, 0.8), size=32):
+    """A ball of WM (radius 9) in a GM ribbon 3 voxels thick, in a CSF layer 3 voxels thick, in background -1: two
+    channels, tissue values given per channel. Returns (image (2, D, H, W), label (D, H, W))."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float32) - size / 2] * 3, indexing="ij"))
+    radius = grid.norm(dim=0)
+    label = torch.zeros(radius.shape, dtype=torch.long)
+    label[radius < 15], label[radius < 12], label[radius < 9] = 1, 2, 3
+    image = torch.full((2, *radius.shape), -1.0)
+    for tissue, values in {1: csf_value, 2: gm_value, 3: wm_value}.items():
+        for c in range(2):
+            image[c][label == tissue] = values[c]
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(0)) * 0.05
+    return torch.where(label > 0, image + noise, image), label
+
+
+@pytest.mark.parametrize("order", ["wm_brighter_in_t1", "wm_darker_in_t1"])
+def test_tissue_clusters_name_the_tissues_by_layout_whatever_the_contrast_order(order):
+    """CSF is the layer against the background, GM the thin ribbon, WM the bulk, whichever tissue is brighter."""
+    gm, wm = ((0.2, 0.3), (0.6, 0.0)) if order == "wm_brighter_in_t1" else ((0.6, 0.0), (0.2, 0.3))
+    image, label = _layered_brain(gm, wm)
+    clusters = tissue_clusters(image)
+    assert clusters.shape == (1, *label.shape)
+    assert torch.equal(clusters[0].long(), label)
+
+
+def test_tissue_clusters_transform_adds_the_map_and_keeps_the_image():
+    image, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
+    out = TissueClustersd("image")({"image": image.clone()})
+    assert torch.equal(out["image"], image) and torch.equal(out["clusters"][0].long(), label)
+
+
+def test_tissue_clusters_reach_the_unlabelled_patches_only_when_asked(bundle_root):
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser["bundle_root"] = str(bundle_root)
+    assert parser.get_parsed_content("train#unlabeled#clusters") == []
+    assert parser.get_parsed_content("train#unlabeled#keys") == ["image"]
+    parser["source_statistics"], parser["source_classes"] = True, "clusters"
+    (clusters,) = parser.get_parsed_content("train#unlabeled#clusters")
+    assert isinstance(clusters, TissueClustersd)
+    crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
+    assert list(crop.keys) == list(flip.keys) == ["image", "clusters"]  # cropped and flipped with their image

@@ -1,7 +1,8 @@
 """The comparison on the phantom cohort: the plain UNet baseline, supervised, Standard-GAN, MRI-GAN as the paper trains
 it, MRI-GAN with tissue transfer (the default) and a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over
 several seeds; on request (``--variants``) also tissue transfer conditioned on the source's statistics, with GM/WM
-swapped at random, and supervised training with random tissue offsets (0.6.0's experiments).
+swapped at random, and supervised training with random tissue offsets (0.6.0's experiments), and tissue transfer
+with statistics of k-means tissue classes (0.8.0).
 
 Every bundle run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
 with the same data split, number of iterations and seed; only the training seed changes between repeats (the split is
@@ -45,6 +46,8 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_swap": ([], {"source_statistics": True, "contrast_swap": 0.5}),
     "supervised_shift": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5}),
     "mri_gan_shift": ([], {"tissue_shift_prob": 0.5}),
+    "mri_gan_clusters": ([], {"source_statistics": True, "source_classes": "clusters"}),
+    "mri_gan_clusters_shift": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5}),
 }
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
@@ -53,6 +56,8 @@ LABELS = {
     "mri_gan_swap": "MRI-GAN, source's statistics, GM/WM swapped at random",
     "supervised_shift": "Supervised, tissue intensities shifted at random",
     "mri_gan_shift": "MRI-GAN, tissue transfer, tissue intensities shifted at random",
+    "mri_gan_clusters": "MRI-GAN, tissue transfer with the source's k-means tissue statistics",
+    "mri_gan_clusters_shift": "MRI-GAN, k-means tissue statistics, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network

@@ -110,6 +110,9 @@ class SemiSupervisedGanTrainer(Trainer):
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         source_group_size: consecutive unlabelled patches cut from one subject (``samples_per_volume``), over which a
             ``source_statistics`` generator's class-wise statistics are pooled.
+        source_classes: the tissue classes of the ``source_statistics``: ``"segmenter"``, the frozen segmenter's
+            probabilities, or ``"clusters"``, the unlabelled batch's ``clusters`` map (``TissueClustersd``: k-means
+            classes named by anatomy, right whatever the contrast order, where the segmenter reads its own bias).
         contrast_swap: probability that a fake is rendered with its source's GM and WM statistics exchanged
             (``source_statistics`` generators): infant WM turns from darker than GM to brighter within a year, so the
             segmenter must not tie a tissue to one side of that contrast.
@@ -142,6 +145,7 @@ class SemiSupervisedGanTrainer(Trainer):
         deform_maps: float = 0.0,
         reconstruction_patches: int | None = None,
         source_group_size: int = 1,
+        source_classes: str = "segmenter",
         contrast_swap: float = 0.0,
         num_classes: int = 4,
         max_nonfinite: int = 20,
@@ -191,6 +195,10 @@ class SemiSupervisedGanTrainer(Trainer):
         self.deform_maps = float(deform_maps)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
         self.source_group_size = max(1, int(source_group_size))
+        if source_classes not in ("segmenter", "clusters"):
+            raise ValueError(f"source_classes must be 'segmenter' or 'clusters', got {source_classes!r}")
+        self.source_classes = source_classes
+        self._unlabeled_classes: torch.Tensor | None = None
         self.contrast_swap = float(contrast_swap)
         # float16's narrow range needs loss scaling; bfloat16 has float32's
         scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
@@ -215,7 +223,8 @@ class SemiSupervisedGanTrainer(Trainer):
         return torch.autocast("cuda", **self.amp_kwargs) if self.amp else nullcontext()
 
     def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> torch.Tensor:
-        """Next unlabelled image batch, restarting the loader whenever it is exhausted."""
+        """Next unlabelled image batch, restarting the loader whenever it is exhausted; with ``source_classes:
+        clusters`` its ``clusters`` map is kept for ``_source_statistics``."""
         if self._unlabeled_iter is None:
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
         try:
@@ -223,6 +232,10 @@ class SemiSupervisedGanTrainer(Trainer):
         except StopIteration:
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
             batch = next(self._unlabeled_iter)
+        if self.source_classes == "clusters":
+            if "clusters" not in batch:
+                raise KeyError("source_classes 'clusters' needs a 'clusters' map in the unlabelled batches (TissueClustersd)")
+            self._unlabeled_classes = batch["clusters"].to(engine.state.device)
         return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]
 
     def gan_ramp(self, iteration: int) -> float:
@@ -267,11 +280,15 @@ class SemiSupervisedGanTrainer(Trainer):
 
     def _source_statistics(self, unlabeled: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         """``(mean, std, mass)`` of the tissues of the sources of ``n`` fakes (``source_statistics`` generators): the
-        frozen segmenter's probabilities weight the voxels, pooled over the ``source_group_size`` patches of each
-        unlabelled subject, so that a tissue missing from one patch still gets its subject's intensity. With
+        frozen segmenter's probabilities (or the ``clusters`` classes) weight the voxels, pooled over the
+        ``source_group_size`` patches of each unlabelled subject, so that a tissue missing from one patch still gets
+        its subject's intensity. With
         ``contrast_swap`` p, each fake's GM and WM statistics are exchanged with probability p."""
-        with frozen(self.network), torch.no_grad():
-            probs = torch.softmax(unwrap(self.network)(unlabeled).float(), dim=1)
+        if self.source_classes == "clusters":
+            probs = tissue_onehot(self._unlabeled_classes, self.num_classes)
+        else:
+            with frozen(self.network), torch.no_grad():
+                probs = torch.softmax(unwrap(self.network)(unlabeled).float(), dim=1)
         group = self.source_group_size if unlabeled.shape[0] % self.source_group_size == 0 else 1
         stats = class_intensity_statistics(unlabeled, probs, group)
         index = torch.arange(n, device=unlabeled.device) % unlabeled.shape[0]  # as _sources
