@@ -22,7 +22,7 @@ def test_collapse_warning_when_a_tissue_falls_below_half_its_best(caplog):
     history = [
         {"val_dice_CSF": 0.79, "val_dice_GM": 0.68},
         {"val_dice_CSF": 0.66, "val_dice_GM": 0.74},  # a dip, not a collapse
-        {"val_dice_CSF": 0.13, "val_dice_GM": 0.49},  # CSF collapsed (the MRI-GAN run in docs/README.md)
+        {"val_dice_CSF": 0.13, "val_dice_GM": 0.49},  # CSF collapsed (the MRI-GAN run in docs/gan_training.md)
         {"val_dice_CSF": float("nan"), "val_dice_GM": 0.70},
     ]
     warnings = []
@@ -99,7 +99,7 @@ def test_discriminator_health_reports_a_tissue_given_up_and_its_recovery(caplog)
     assert messages[0] == []  # the window is not full yet
     assert messages[1] == [
         "discriminator collapse at iteration 2: it predicts CSF on 0.0% of the labelled voxels, 11.1% are CSF "
-        "(last 2 iterations); see 'Getting the GAN to train' in docs/README.md"
+        "(last 2 iterations); see 'Getting the GAN to train' in docs/gan_training.md"
     ]
     # window (no_csf, half): predicted 1/18 = 5.6% >= 0.25 * 11.1% = 2.8%: recovered
     assert messages[2] == ["CSF recovered at iteration 3: predicted on 5.6%"]

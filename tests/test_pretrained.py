@@ -20,7 +20,7 @@ from scripts.phantom import _write_iseg_subject, make_subject
 
 pytestmark = pytest.mark.slow
 
-# How each shipped weights file was trained (docs/README.md, "Shipped weights"): the phantom dataset of its training
+# How each shipped weights file was trained (docs/shipped_weights.md): the phantom dataset of its training
 # command (scripts.phantom.write_iseg arguments), its split (the run's split.json) and its eval_metrics' key prefix.
 SHIPPED = {
     "model.pt": {

@@ -76,7 +76,7 @@ class SemiSupervisedGanTrainer(Trainer):
     iterations (configs/fast.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the
     unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
     unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already predicts, so grey matter never
-    emerges (measurements in docs/README.md). In the generator step D is frozen in evaluation mode (running
+    emerges (measurements in docs/gan_training.md). In the generator step D is frozen in evaluation mode (running
     statistics, no weight gradients); one no-grad pass gives the real features and D's tissue probabilities on the
     source patches, and only the fakes need a backward pass.
 

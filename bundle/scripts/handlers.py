@@ -142,7 +142,7 @@ class TissueCollapseWarning:
     """Warn in the log when a tissue's validation Dice falls below ``fraction`` of its best so far.
 
     In GAN training this is how a collapse shows (the discriminator gives up a tissue the fakes resemble, see
-    docs/README.md); the best checkpoint, chosen on the mean Dice, keeps the weights from before it. Attach to the
+    docs/gan_training.md); the best checkpoint, chosen on the mean Dice, keeps the weights from before it. Attach to the
     evaluator; reads the metrics ``<prefix><tissue>``.
     """
 
@@ -181,7 +181,7 @@ class DiscriminatorHealth:
 
     Over the last ``window`` iterations it compares, on the labelled patches, the share of voxels D assigns to each
     tissue with the tissue's true share, and warns when a tissue covering at least ``min_share`` of the voxels is
-    predicted on less than ``ratio`` of its true share (the collapse docs/README.md describes: D gives up the tissue
+    predicted on less than ``ratio`` of its true share (the collapse docs/gan_training.md describes: D gives up the tissue
     the fakes resemble). It also warns when D rejects the fakes almost perfectly (mean fake loss below
     ``fake_floor``): the generator then learns little. A warning is logged when a state starts and an info line
     when it ends; ``engine.state.gan_health`` holds the current ``{"collapsed": [tissues], "fakes_rejected": bool}``.
@@ -238,7 +238,7 @@ class DiscriminatorHealth:
                 self.logger.warning(
                     f"discriminator collapse at iteration {engine.state.iteration}: it predicts {tissue} on "
                     f"{predicted:.1%} of the labelled voxels, {true:.1%} are {tissue} (last {self.window} iterations); "
-                    "see 'Getting the GAN to train' in docs/README.md"
+                    "see 'Getting the GAN to train' in docs/gan_training.md"
                 )
                 self.collapsed.add(tissue)
             elif not collapsed and tissue in self.collapsed:
