@@ -210,6 +210,19 @@ def test_source_statistics_of_the_whole_source_reach_every_window():
     torch.testing.assert_close(windowed[..., :8], left[..., :8], rtol=1e-4, atol=1e-5)  # where one window counts
 
 
+def test_source_statistics_from_clusters_need_no_segmenter():
+    """source_classes 'clusters': the statistics of the whole source under its k-means tissue classes, which on a
+    layered brain are its tissues, so the statistics are those under the true tissue map."""
+    from test_transforms import _layered_brain
+
+    mri, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
+    image = torch.cat([mri, tissue_onehot(label[None, None], 4)[0]])[None]
+    _, _, _, kwargs = SynthesisInputs(0, None, in_channels=2, clusters=True)({"image": image, "label": label[None, None]})
+    expected = class_intensity_statistics(mri[None], tissue_onehot(label[None, None], 4))[:2]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(kwargs["source_stats"], expected))
+    assert SynthesisInputs(0, None, in_channels=2)({"image": image, "label": label[None, None]})[3]["source_stats"] is None
+
+
 def test_pairs_names_and_checks(tmp_path):
     files = {}
     for name in ("subject-1-label", "subject-12-T1", "subject-12-T2"):

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from .cli import as_bool
 from .input_checks import InputError, MissingInputError, check_weights
-from .networks.generators import class_intensity_statistics
+from .networks.generators import class_intensity_statistics, tissue_onehot
+from .transforms import tissue_clusters
 from .outputs import OutputExistsError, OutputInInputFolderError
 
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
@@ -183,20 +184,25 @@ def load_segmenter(network: nn.Module, path, device=None) -> nn.Module:
 class SynthesisInputs(PrepareBatch):
     """``prepare_batch`` for the evaluator: ``image`` as input, ``label`` as target (``Invertd`` needs it), and as
     keyword arguments for every window ``noise``, one N(0, 1) vector of ``noise_dim`` per volume drawn on the CPU
-    with torch's seeded generator, and with a ``segmenter`` the ``source_stats`` of the whole source volume: the
-    class-wise intensity statistics under the segmenter's probabilities (what training pools over a subject's
-    patches)."""
+    with torch's seeded generator, and for a ``source_statistics`` generator the ``source_stats`` of the whole source
+    volume: the class-wise intensity statistics under a ``segmenter``'s probabilities, or with ``clusters`` under
+    its ``tissue_clusters`` (what training pools over a subject's patches, ``source_classes``)."""
 
     def __init__(self, noise_dim: int, segmenter: nn.Module | None = None, in_channels: int = 1,
-                 roi_size=(96, 96, 96)):  # fmt: skip
+                 roi_size=(96, 96, 96), clusters: bool = False):  # fmt: skip
         self.noise_dim, self.segmenter, self.in_channels, self.roi_size = int(noise_dim), segmenter, in_channels, roi_size
+        self.clusters = bool(clusters)
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
         image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
         label = batchdata["label"].to(device=device, non_blocking=non_blocking, **kwargs)
         noise = torch.randn(image.shape[0], self.noise_dim).to(device) if self.noise_dim > 0 else None
         stats = None
-        if self.segmenter is not None:
+        if self.clusters:
+            source = image[:, : self.in_channels]
+            classes = torch.stack([tissue_clusters(s.cpu()) for s in source]).to(source.device)
+            stats = class_intensity_statistics(source, tissue_onehot(classes))[:2]
+        elif self.segmenter is not None:
             source = image[:, : self.in_channels]
             with torch.no_grad():
                 roi = [min(r, size) for r, size in zip(self.roi_size, source.shape[2:])]  # no padding: as trained
