@@ -148,8 +148,9 @@ def tissue_clusters(image: torch.Tensor, background: float = -1.0, num_classes: 
     the cluster with the largest share of its voxels in the brain's second outer layer (the extra-cerebral CSF;
     the first layer, partial volume, is left out) and, of the other two, GM = the thinner one (fewer voxels
     survive a one-voxel erosion: the cortical ribbon against the bulk of WM). Right whatever the contrast order,
-    which is what the segmenter of a few labelled subjects gets wrong (docs/experiments.md); where GM and WM are
-    isointense, the clusters mix them. Labels 1, 2, 3 = CSF, GM, WM; 0 outside the brain."""
+    which is what the segmenter of a few labelled subjects gets wrong (docs/experiments.md). Where GM and WM are
+    nearly isointense, k-means splits off the partial-volume voxels between CSF and tissue instead, which then pass
+    for GM, and GM and WM share the other cluster. Labels 1, 2, 3 = CSF, GM, WM; 0 outside the brain."""
     if num_classes != 4:
         raise ValueError(f"tissue_clusters finds CSF, GM and WM: num_classes must be 4, got {num_classes}")
     image = torch.as_tensor(image).float()
