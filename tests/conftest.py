@@ -1,13 +1,16 @@
-"""Shared pytest fixtures: puts the bundle root on ``sys.path`` so ``import scripts`` works."""
+"""Shared pytest fixtures: puts the repository and bundle roots on ``sys.path`` so ``import tools`` and
+``import scripts`` work."""
 
 import sys
 from pathlib import Path
 
 import pytest
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
-if str(BUNDLE_ROOT) not in sys.path:
-    sys.path.insert(0, str(BUNDLE_ROOT))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = REPO_ROOT / "bundle"
+for root in (REPO_ROOT, BUNDLE_ROOT):
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
 
 
 @pytest.fixture(scope="session")

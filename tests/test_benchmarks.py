@@ -4,25 +4,25 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchmark_training import profile
+from tools.benchmark_training import profile
 
 
 def test_training_profile_refuses_unknown_options_before_running():
-    """``python -m scripts.benchmark_training run --help`` once trained for minutes: fire passes ``help`` on as an
+    """``python -m tools.benchmark_training run --help`` once trained for minutes: fire passes ``help`` on as an
     override. Unknown keys now stop it before anything is built."""
     with pytest.raises(ValueError, match=r"\['help'\] are not keys"):
         profile(help=True)
 
 
 def test_weights_benchmark_scores_label_maps_and_masks_full_heads(tmp_path, monkeypatch):
-    """``scripts.benchmark_weights``: Dice against iSEG label values (checked by hand), a brain mask beside each
+    """``tools.benchmark_weights``: Dice against iSEG label values (checked by hand), a brain mask beside each
     full-head subject (the label's brain), and the report's table."""
     import json
 
     import nibabel as nib
     import numpy as np
 
-    from scripts import benchmark_weights
+    from tools import benchmark_weights
 
     seg, label = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
     seg[:2], label[:1] = 1, 10  # CSF: 32 voxels against 16, 16 shared: Dice 2*16/48

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.benchmark_comparison import summarise
+from tools.benchmark_comparison import summarise
 
 
 def _result(variant, n, seed, csf, gm, wm, seconds=60.0):
@@ -30,7 +30,7 @@ def test_mean_and_spread_over_seeds_by_hand():
 
 def test_transfer_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from scripts.transfer_figure import draw
+    from tools.transfer_figure import draw
 
     def save(name, data):
         nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), str(tmp_path / name))

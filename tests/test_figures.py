@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 from matplotlib.image import imread  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from scripts import figures  # noqa: E402
+from tools import figures  # noqa: E402
 
 
 def _png(path) -> np.ndarray:
@@ -48,10 +48,10 @@ def test_architecture_reads_the_networks_of_the_config(bundle_root, tmp_path, mo
 
 def test_architecture_command_refuses_a_config_without_mri_gan(bundle_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    configs = "['configs/train.yaml','configs/standard_gan.yaml']"
+    configs = "['bundle/configs/train.yaml','bundle/configs/standard_gan.yaml']"
     out = tmp_path / "a.png"
-    cmd = [sys.executable, "-m", "scripts.figures", "architecture", "--config_file", configs, "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=bundle_root, env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "tools.figures", "architecture", "--config_file", configs, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=bundle_root.parent, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "generator_def is StandardGANGenerator, not MRIGANGenerator" in proc.stderr
     assert not out.exists()
 

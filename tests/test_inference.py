@@ -303,8 +303,8 @@ def test_brain_mask_sets_the_outside_to_background(bundle_root, tmp_path, monkey
 
 def test_inference_benchmark_repeats_into_its_output_folder(bundle_root, tmp_path, monkeypatch):
     """The benchmark runs the workflow several times into one temporary folder; the overwrite guard must let it."""
-    from scripts.benchmark_inference import _write_volume, measure
     from scripts.networks import Segmenter
+    from tools.benchmark_inference import _write_volume, measure
 
     data = tmp_path / "data"
     data.mkdir()

@@ -170,8 +170,8 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
 
 
 def test_dataset_folder_becomes_monailabel_studies(tmp_path):
-    from scripts.monailabel_data import write_studies
     from scripts.phantom import write_iseg
+    from tools.monailabel_studies import write_studies
 
     write_iseg(tmp_path / "iseg", num_labeled=1, num_unlabeled=1, shape=(24, 32, 40), seed=1)
     write_studies(tmp_path / "iseg", "iseg", tmp_path / "studies")
@@ -191,8 +191,8 @@ def test_dataset_folder_becomes_monailabel_studies(tmp_path):
 def test_excluded_structures_stay_excluded_in_studies(tmp_path):
     """MRBrainS13 cerebellum and brainstem (codes 7, 8), left out of training and metrics, become 255 in the studies'
     labels, which training on studies leaves out of the loss too; tissues become 0..3."""
-    from scripts.monailabel_data import write_studies
     from scripts.phantom import write_mrbrains13
+    from tools.monailabel_studies import write_studies
 
     write_mrbrains13(tmp_path / "mrb", num_labeled=1, num_unlabeled=0, shape=(96, 96, 32), seed=1)
     write_studies(tmp_path / "mrb", "mrbrains13", tmp_path / "studies", modalities=("t1", "t1_ir", "flair"))

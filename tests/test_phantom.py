@@ -288,7 +288,7 @@ def test_write_iseg_cohort_records_the_option(tmp_path):
 
 def test_cohort_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from scripts.cohort_figure import draw
+    from tools.cohort_figure import draw
 
     out = tmp_path / "figures" / "cohort.png"
     assert draw(out, num_subjects=2, shape=(32, 40, 48)) == str(out)
@@ -472,7 +472,7 @@ def test_new_options_leave_default_markers_and_adult_subjects_alone(iseg_dir, mr
 
 def test_heads_figure(tmp_path):
     pytest.importorskip("matplotlib")
-    from scripts.cohort_figure import HEAD_COLOURS, heads
+    from tools.cohort_figure import HEAD_COLOURS, heads
 
     assert len(HEAD_COLOURS) == len(phantom.HEAD_TISSUES) - 1
     out = tmp_path / "heads.png"

@@ -1,4 +1,4 @@
-"""The plain supervised baseline (scripts.benchmark_plain_unet): its preprocessing and a tiny end-to-end run."""
+"""The plain supervised baseline (tools.benchmark_plain_unet): its preprocessing and a tiny end-to-end run."""
 
 import json
 
@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.benchmark_plain_unet import preprocessing, run
 from scripts.datasets import label_mapping
 from scripts.phantom import write_iseg
+from tools.benchmark_plain_unet import preprocessing, run
 
 
 def test_zscore_brain_normalises_over_the_brain_only(tmp_path):

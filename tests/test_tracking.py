@@ -76,7 +76,7 @@ def test_curves_figure_from_the_mlflow_store(tracked, tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from scripts import figures
+    from tools import figures
 
     _, uri, _, _ = tracked
     out = figures.curves(tracking_uri=uri, run_name="tiny", smooth=2, out=tmp_path / "curves.png", dpi=20)

@@ -40,7 +40,7 @@ def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
 
     iseg/phantom: 0, 10, 150, 250 -> 0..3; mrbrains13: 1,2 -> GM, 3,4 -> WM, 5,6 -> CSF, 7,8 -> ignore;
     mrbrains18: the same plus 9,10 -> ignore; datalist/folder: identity on 0..3 and IGNORE_LABEL (MONAI Label studies
-    written by ``scripts.monailabel_data``).
+    written by ``tools.monailabel_studies``).
     """
     fmt = _check_format(dataset_format)
     if fmt in ("iseg", "phantom"):

@@ -3,11 +3,7 @@
 MONAI Label gives inference one ``image`` path per study and training ``{"image": path, "label": path}`` pairs of
 its labelled studies. Here that image is a 4D NIfTI whose 4th axis holds the modalities in the order of the configs'
 ``modalities`` (T1, T2); its label holds the class indices of ``metadata.json`` (0 background, 1 CSF, 2 GM, 3 WM).
-``write_studies`` turns a dataset folder into such a MONAI Label studies folder, ``stack_modalities`` one subject::
-
-    python -m scripts.monailabel_data studies --dataset_dir /data/iSeg-2017-Training --dataset_format iseg \\
-        --studies_dir /data/mri_gan_studies
-    python -m scripts.monailabel_data stack /data/case01.nii.gz /data/case01_T1.nii.gz /data/case01_T2.nii.gz
+The repository's ``tools.monailabel_studies`` writes such studies from a dataset folder.
 """
 
 from __future__ import annotations
@@ -16,13 +12,10 @@ import re
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Spacingd
 
-from .cli import as_bool
-from .datasets import IGNORE_LABEL, find_subjects, label_mapping
-from .input_checks import InputError, Volume, check_same_grid
+from .input_checks import InputError
 
 IMAGE_KEY = "image"
 _EXTENSIONS = re.compile(r"(\.nii\.gz|\.nii|\.hdr|\.img|\.nrrd|\.mha|\.mhd)$", re.IGNORECASE)
@@ -46,7 +39,8 @@ class CheckChannelsd(MapTransform):
                 raise InputError(
                     f"{_source(d[key])} has shape {shape} as {key} (channels first) but the network needs "
                     f"{self.channels} channels of one 3D volume: give a 4D NIfTI whose 4th axis holds the "
-                    f"{self.channels} modalities in the order of --modalities (python -m scripts.monailabel_data stack)"
+                    f"{self.channels} modalities in the order of --modalities "
+                    "(python -m tools.monailabel_studies stack)"
                 )
         return d
 
@@ -105,72 +99,9 @@ def unlabeled_data(training: Sequence[Mapping], dataset_split: Callable[[], Mapp
     return list(dataset_split()["unlabeled"])
 
 
-def stack_modalities(output, *inputs) -> str:
-    """Write the 3D images ``inputs`` (one per modality, in the order of ``modalities``) as one 4D NIfTI ``output``
-    (float32, the first input's affine). They must share one voxel grid. Returns ``output``."""
-    import nibabel as nib
-
-    if not inputs:
-        raise InputError(f"{output}: give the modality images to stack, in the order of --modalities (e.g. T1 T2)")
-    images = [nib.load(str(p)) for p in inputs]
-    for path, image in zip(inputs, images):
-        if len(image.shape) != 3:
-            raise InputError(f"{path} has shape {image.shape}: each modality must be one 3D volume")
-    check_same_grid([Volume(str(p), tuple(i.shape), i.affine) for p, i in zip(inputs, images)], Path(output).name)
-    data = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in images], axis=-1)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, images[0].affine), str(output))
-    return str(output)
-
-
-def write_studies(
-    dataset_dir,
-    dataset_format: str,
-    studies_dir,
-    modalities: Sequence[str] = ("t1", "t2"),
-    suffixes: dict | None = None,
-    overwrite: bool = False,
-) -> None:
-    """Write every subject of a dataset folder as a MONAI Label study: ``<studies_dir>/<subject>.nii.gz`` (4D, see
-    ``stack_modalities``) and, for labelled subjects, ``<studies_dir>/labels/final/<subject>.nii.gz`` holding the
-    class indices 0..3, and 255 (``IGNORE_LABEL``) on structures the dataset excludes (e.g. MRBrainS cerebellum), which
-    training, like the dataset's own format, leaves out of the loss.
-    ``dataset_format``/``modalities``/``suffixes``: as in the configs."""
-    import nibabel as nib
-
-    studies = Path(studies_dir).expanduser().resolve()
-    subjects = find_subjects(dataset_dir, dataset_format, modalities, suffixes=suffixes)
-    codes, classes = label_mapping(dataset_format)
-    lookup = dict(zip(codes, classes))
-    for subject in subjects:
-        name = f"{subject['subject']}.nii.gz"
-        image, label = studies / name, studies / "labels" / "final" / name
-        for path in (image, label) if "label" in subject else (image,):
-            if path.exists() and not as_bool(overwrite):
-                raise FileExistsError(f"{path} already exists; pass --overwrite true to replace it")
-        stack_modalities(image, *(subject[m] for m in modalities))
-        if "label" in subject:
-            source = nib.load(subject["label"])
-            values = np.asarray(source.dataobj)
-            unknown = np.setdiff1d(np.unique(values), codes)
-            if unknown.size:
-                raise InputError(f"{subject['label']} has label values {unknown.tolist()} that {dataset_format} lacks")
-            mapped = np.zeros(values.shape, np.uint8)
-            for code, index in lookup.items():
-                mapped[values == code] = index
-            label.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(mapped, source.affine), str(label))
-    print(f"{len(subjects)} studies in {studies} ({sum('label' in s for s in subjects)} labelled)")
-
-
 def _source(image) -> str:
     """The file an image was loaded from (MONAI metadata), or ``'image'`` when unknown."""
     meta = getattr(image, "meta", {}) or {}
     name = meta.get("filename_or_obj", "image")
     return str(name[0] if isinstance(name, (list, tuple)) and name else name)
 
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire({"stack": stack_modalities, "studies": write_studies})

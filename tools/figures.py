@@ -1,13 +1,15 @@
-"""PNG figures of the model card, drawn from the bundle's own networks, outputs and logs. Run from the bundle root:
+"""PNG figures of the model card, drawn from the bundle's own networks, outputs and logs. Run from the repository
+root:
 
-    python -m scripts.figures architecture                      # MRI-GAN, from configs/train.yaml's networks
-    python -m scripts.figures overlay --images "['data/phantom/subject-9-T1.hdr','data/phantom/subject-9-T2.hdr']" \\
-        --names "['T1','T2']" --segmentation eval/figures/subject-9_seg.nii.gz \\
-        --label data/phantom/subject-9-label.hdr --label_format iseg   # the segmentation: from configs/inference.yaml
-    python -m scripts.figures curves --run_dir runs              # TensorBoard event files of a training run
-    python -m scripts.figures curves --tracking_uri sqlite:///$PWD/runs/mlruns.db    # or an MLflow store
+    python -m tools.figures architecture                 # MRI-GAN, from bundle/configs/train.yaml's networks
+    B=bundle/data/phantom; python -m tools.figures overlay --images "['$B/subject-9-T1.hdr','$B/subject-9-T2.hdr']" \\
+        --names "['T1','T2']" --segmentation bundle/eval/figures/subject-9_seg.nii.gz \\
+        --label $B/subject-9-label.hdr --label_format iseg   # the segmentation: from configs/inference.yaml
+    python -m tools.figures curves                       # TensorBoard event files of a training run (bundle/runs)
+    python -m tools.figures curves --tracking_uri sqlite:///$PWD/bundle/runs/mlruns.db    # or an MLflow store
 
-Every figure is written atomically, by default into ``docs/figures/``; matplotlib comes with the ``benchmark`` extra.
+Every figure is written atomically, by default into ``bundle/docs/figures/``; matplotlib comes with the ``benchmark``
+extra.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from matplotlib.ticker import MaxNLocator
 from monai.bundle import ConfigParser
 from torch import nn
 
-from .atomic import atomic_path
-from .datasets import label_mapping
-from .evaluation import TISSUES
-from .networks import MRIGANGenerator
+from scripts.atomic import atomic_path
+from scripts.datasets import label_mapping
+from scripts.evaluation import TISSUES
+from scripts.networks import MRIGANGenerator
+from tools import BUNDLE_ROOT
 
-FIGURES_DIR = "docs/figures"
+FIGURES_DIR = BUNDLE_ROOT / "docs" / "figures"
 TISSUE_COLOURS = ("#3b8bff", "#2ca02c", "#ffd92f")  # CSF, GM, WM
 CELL_INCHES = 3.0  # overlay: one slice panel
 LEGEND_INCHES = 0.5  # overlay: the legend band under the panels
@@ -180,7 +183,11 @@ def _draw_segmenter(c: _Canvas, segmenter: nn.Module, fake, weights: dict) -> No
     c.arrow(g_loss, fake, "updates G", colour="#b03030", dashed=True, side=(1, 0))
 
 
-def architecture(config_file="configs/train.yaml", out: str = f"{FIGURES_DIR}/architecture.png", dpi: int = 150):
+def architecture(
+    config_file=str(BUNDLE_ROOT / "configs" / "train.yaml"),
+    out: str = str(FIGURES_DIR / "architecture.png"),
+    dpi: int = 150,
+):
     """Draw MRI-GAN, generator and segmenter/discriminator, with the channels of the networks ``config_file`` (a
     training config, or a list of configs merged in order) defines and its loss weights."""
     parser, segmenter, generator = _networks(config_file)
@@ -238,7 +245,7 @@ def overlay(
     names=None,
     output_labels=(0, 1, 2, 3),
     label_format: str = "datalist",
-    out: str = f"{FIGURES_DIR}/overlay.png",
+    out: str = str(FIGURES_DIR / "overlay.png"),
     dpi: int = 100,
 ):
     """Axial, coronal and sagittal slices of each image with the segmentation overlaid, and of the first image with
@@ -343,12 +350,12 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def curves(
-    run_dir: str = "runs",
+    run_dir: str = str(BUNDLE_ROOT / "runs"),
     tracking_uri: str | None = None,
     experiment_name: str = "mri_gan",
     run_name: str | None = None,
     smooth: int = 20,
-    out: str = f"{FIGURES_DIR}/training_curves.png",
+    out: str = str(FIGURES_DIR / "training_curves.png"),
     dpi: int = 100,
 ):
     """Training curves: the discriminator's and generator's loss terms per iteration (moving average over ``smooth``

@@ -2,10 +2,11 @@
 for them (``configs/synthesize.yaml``) and the target's own MRI, middle axial slice, one row per modality.
 
 A faithful transfer shows the target's tissues (compare the label and the target's MRI) with the source's contrast
-(compare the source's MRI). Run from the bundle root after ``run synthesize``:
+(compare the source's MRI). Run from the repository root after ``run synthesize``:
 
-    python -m scripts.transfer_figure --source "['s-T1.hdr','s-T2.hdr']" --label t-label.hdr \
-        --target "['t-T1.hdr','t-T2.hdr']" --synthetic synthetic/t_from_s_synth.nii.gz --out docs/figures/transfer.png
+    python -m tools.transfer_figure --source "['s-T1.hdr','s-T2.hdr']" --label t-label.hdr \\
+        --target "['t-T1.hdr','t-T2.hdr']" --synthetic bundle/synthetic/t_from_s_synth.nii.gz \\
+        --out bundle/docs/figures/transfer.png
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 import fire
 import nibabel as nib
 import numpy as np
+
+from tools import BUNDLE_ROOT
 
 
 def _slice(path, channel=None):
@@ -29,7 +32,15 @@ def _scaled(image):
     return np.clip((image - low) / max(high - low, 1e-6), 0, 1)
 
 
-def draw(source, label, target, synthetic, out="docs/figures/transfer.png", modalities=("T1", "T2"), title=None):
+def draw(
+    source,
+    label,
+    target,
+    synthetic,
+    out=str(BUNDLE_ROOT / "docs" / "figures" / "transfer.png"),
+    modalities=("T1", "T2"),
+    title=None,
+):
     """Draw the figure into ``out``: columns source MRI, target tissues, synthetic MRI, target MRI."""
     import matplotlib
 

@@ -1,9 +1,9 @@
 """Benchmark (not a test): peak memory of segmenting a 512x512x200 two-modality volume with configs/inference.yaml.
 
-Run from the bundle root::
+Run from the repository root::
 
-    python -m scripts.benchmark_memory run          # both cases below; writes docs/benchmarks/memory_cpu.{md,json}
-    python -m scripts.benchmark_memory run --settings "{'window 128': {'roi_size': [160, 192, 128]}}"
+    python -m tools.benchmark_memory run    # both cases below; writes bundle/docs/benchmarks/memory_cpu.{md,json}
+    python -m tools.benchmark_memory run --settings "{'window 128': {'roi_size': [160, 192, 128]}}"
 
 Each case writes an int16 T1+T2 phantom head (``scripts.phantom``) of 512x512x200 voxels with the case's spacing,
 then runs the user's command, ``python -m monai.bundle run inference --config_file configs/inference.yaml``, in a
@@ -42,14 +42,14 @@ from pathlib import Path
 
 import fire
 
-from .atomic import write_json, write_text
+from scripts.atomic import write_json, write_text
+from tools import BUNDLE_ROOT, subprocess_env
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (512, 512, 200)
 CASES = {"0.5x0.5x1.0 mm": (0.5, 0.5, 1.0), "1.0 mm isotropic": (1.0, 1.0, 1.0)}
 SHIPPED = "configs/inference.yaml as shipped"
 LIMIT_MIB = 4096
-OUTPUT = "docs/benchmarks/memory_cpu"
+OUTPUT = str(BUNDLE_ROOT / "docs" / "benchmarks" / "memory_cpu")
 _GPU_PEAK = "peak GPU MiB:"
 
 
@@ -84,8 +84,7 @@ def measure_inference(data_dir: Path, output_dir: Path, ckpt_path: Path, overrid
         cmd += ["--inference", json.dumps(["@run", print_peak])]
     for key, value in (overrides or {}).items():
         cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    python_path = os.pathsep.join(p for p in (str(BUNDLE_ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, PYTHONPATH=python_path, OMP_NUM_THREADS=str(threads))
+    env = subprocess_env(OMP_NUM_THREADS=str(threads))
     log_path = output_dir.parent / f"{output_dir.name}.log"
     with open(log_path, "w") as log:
         start = time.perf_counter()
@@ -126,7 +125,7 @@ def run(cases=tuple(CASES), settings=None, threads: int = 2, device: str = "cpu"
     ``settings``: ``{name: {config id: value}}``, overrides as on the command line (e.g. ``{"window 128":
     {"roi_size": [160, 192, 128]}}``); the shipped config is always measured first. ``threads`` sets
     ``OMP_NUM_THREADS`` of the inference run; ``device``: ``cpu`` or ``cuda``. Results go to ``<output>.json`` and
-    ``<output>.md`` (relative to the bundle root; ``None``: print only).
+    ``<output>.md`` (``None``: print only).
     """
     import torch
 
@@ -166,8 +165,8 @@ def run(cases=tuple(CASES), settings=None, threads: int = 2, device: str = "cpu"
     text = markdown(report)
     print(text)
     if output:
-        write_json(BUNDLE_ROOT / f"{output}.json", report)
-        write_text(BUNDLE_ROOT / f"{output}.md", text)
+        write_json(f"{output}.json", report)
+        write_text(f"{output}.md", text)
 
 
 def markdown(report: dict) -> str:
@@ -176,7 +175,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Peak memory of inference on a 512x512x200 volume ({report['device']})",
         "",
-        "Written by `python -m scripts.benchmark_memory run` (from `bundle/`): a T1+T2 int16 phantom head of",
+        "Written by `python -m tools.benchmark_memory run` (from the repository root): a T1+T2 int16 phantom head of",
         "512x512x200 voxels, segmented with",
         "`python -m monai.bundle run inference --config_file configs/inference.yaml` on",
         f"{report['device']} with the default network (random weights), OMP_NUM_THREADS={report['omp_num_threads']};",

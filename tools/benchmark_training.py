@@ -1,16 +1,16 @@
 """Benchmark (not a test): where the time of one training iteration goes, for any training config.
 
-Run from the bundle root::
+Run from the repository root (``configs`` are relative to the bundle root)::
 
-    python -m scripts.benchmark_training run                                         # the default (MRI-GAN)
-    python -m scripts.benchmark_training run --configs "['configs/train.yaml','configs/supervised.yaml']"
-    python -m scripts.benchmark_training run --iterations 20 --out docs/benchmarks/training_profile_cpu.json
+    python -m tools.benchmark_training run                                         # the default (MRI-GAN)
+    python -m tools.benchmark_training run --configs "['configs/train.yaml','configs/supervised.yaml']"
+    python -m tools.benchmark_training run --iterations 20 --out bundle/docs/benchmarks/training_profile_cpu.json
 
 The run trains ``warmup + iterations`` iterations of the config on the phantom data (written on first use, as
 the main job does), with checkpoints and logs in a temporary folder, then validates once. Ignite's
 ``BasicTimeProfiler`` splits each iteration into waiting for the labelled batch, the process function and the
 event handlers; ``torch.profiler`` splits the process function into the trainer's labelled ranges
-(``record_function`` in scripts/gan_trainer.py) and lists the costliest operators. The first ``warmup``
+(``record_function`` in bundle/scripts/gan_trainer.py) and lists the costliest operators. The first ``warmup``
 iterations (worker start, allocator warm-up) are left out of every figure. ``gan_ramp`` is forced on so that a
 GAN config is timed with all its terms, as after its warm-up.
 """
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import fire
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from tools import BUNDLE_ROOT
+
 RANGES = (
     "unlabelled batch",
     "generator forward",

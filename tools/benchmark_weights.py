@@ -6,20 +6,19 @@ The sets are written with phantom seed 100 (the shipped weights were trained on 
 ``scripts.phantom.write_dataset`` in the iSEG layout, 8 labelled subjects each. Each subject goes through
 ``run inference`` (configs/inference.yaml) as a datalist entry; a full head comes with its brain mask (the phantom's
 brain outline, what a skull-stripping tool gives), as ``--suffixes``/``mask`` users pass one. The written label maps
-are scored against the labels with MONAI's ``DiceMetric``. Run from the bundle root:
+are scored against the labels with MONAI's ``DiceMetric``. Run from the repository root:
 
-    python -m scripts.benchmark_weights run --ckpt models/model.pt --modalities "[t1,t2]" --tag t1t2
-    python -m scripts.benchmark_weights run --ckpt models/model_t1.pt --modalities "[t1]" --tag t1
-    python -m scripts.benchmark_weights report
+    python -m tools.benchmark_weights run --ckpt bundle/models/model.pt --modalities "[t1,t2]" --tag t1t2
+    python -m tools.benchmark_weights run --ckpt bundle/models/model_t1.pt --modalities "[t1]" --tag t1
+    python -m tools.benchmark_weights report
 
 Results go to ``<work_dir>/results.json`` (one entry per tag and set, replaced when run again); ``report`` prints
-them as a markdown table (0.7.0's: ``--results_file docs/benchmarks/weights_results.json``).
+them as a markdown table (0.7.0's: ``--results_file bundle/docs/benchmarks/weights_results.json``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +31,11 @@ from monai.metrics import compute_dice
 from monai.networks.utils import one_hot
 from monai.transforms import MapLabelValue
 
-from .atomic import write_json
-from .datasets import label_mapping
-from .evaluation import TISSUES
-from .phantom import write_dataset
+from scripts.atomic import write_json
+from scripts.datasets import label_mapping
+from scripts.evaluation import TISSUES
+from scripts.phantom import write_dataset
+from tools import BUNDLE_ROOT, subprocess_env
 
 # grids at 1 mm: the iSEG one for infants; for adults one that gives a skull-stripped brain an adult volume (about
 # 1.5 L: the brain fills about 80 % of the grid) and one that leaves room for the head (the brain fills 60-70 %)
@@ -49,6 +49,7 @@ SETS = {  # write_dataset options of each held-out set (8 labelled subjects, pha
     "adult_random": {"shape": ADULT, "preset": "adult", **RANDOM},
     "adult_head_random": {"shape": ADULT_HEAD, "preset": "adult", "head": True, **RANDOM},
 }
+WORK_DIR = str(BUNDLE_ROOT / "runs" / "benchmark_weights")
 
 
 def _write_set(data: Path, name: str) -> list[dict]:
@@ -77,10 +78,10 @@ def _dice(seg_path: str, label_path: str) -> list[float]:
     return compute_dice(one_hot(seg[None, None], 4), one_hot(label[None, None], 4), include_background=False)[0].tolist()
 
 
-def run(ckpt: str = "models/model.pt", modalities=("t1", "t2"), tag: str = "t1t2", sets=None,
-        work_dir: str = "runs/benchmark_weights") -> None:
+def run(ckpt: str = str(BUNDLE_ROOT / "models" / "model.pt"), modalities=("t1", "t2"), tag: str = "t1t2", sets=None,
+        work_dir: str = WORK_DIR) -> None:
     """Score ``ckpt`` (a model of ``modalities``) on ``sets`` (default: all of ``SETS``) under ``tag``."""
-    bundle_root, work = Path.cwd(), Path(work_dir).resolve()
+    work = Path(work_dir).resolve()
     results_path = work / "results.json"
     for name in sets or list(SETS):
         entries = _write_set(work / "data" / name, name)
@@ -93,8 +94,7 @@ def run(ckpt: str = "models/model.pt", modalities=("t1", "t2"), tag: str = "t1t2
             "--ckpt_path", str(Path(ckpt).resolve()), "--output_dir", str(out / "seg"), "--overwrite", "true",
         ]  # fmt: skip
         with open(out / "inference.log", "w") as log:
-            proc = subprocess.run(cmd, cwd=bundle_root, env=dict(os.environ, PYTHONPATH=str(bundle_root)), stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
         if proc.returncode:
             raise RuntimeError(f"inference of {ckpt} on {name} failed (exit {proc.returncode}); see {out / 'inference.log'}")
         dice = np.array([_dice(str(out / "seg" / f"{e['subject']}_seg.nii.gz"), e["label"]) for e in entries])
@@ -108,7 +108,7 @@ def run(ckpt: str = "models/model.pt", modalities=("t1", "t2"), tag: str = "t1t2
         print(tag, name, results[tag][name]["dice"], flush=True)
 
 
-def report(results_file: str = "runs/benchmark_weights/results.json") -> str:
+def report(results_file: str = f"{WORK_DIR}/results.json") -> str:
     """The results as a markdown table: test Dice CSF / GM / WM (mean) per weights tag and set."""
     results = json.loads(Path(results_file).read_text())
     lines = ["| weights | modalities | " + " | ".join(SETS) + " |", "|---|---|" + "---|" * len(SETS)]

@@ -9,10 +9,10 @@ overlap 0.25, gaussian), argmax, predictions outside the brain set to background
 per test subject, averaged. With it someone reached Dice .870/.936/.917 on real anatomy in 15 minutes on 2 cores.
 
 The options (``norm``, ``patch_size``, ``sampling``, ``mask_output``, ``seed``, ...) are there to find out which
-choices matter. Run from the bundle root:
+choices matter. Run from the repository root:
 
-    python -m scripts.benchmark_plain_unet run --minutes 15 --num_labeled 2
-    python -m scripts.benchmark_plain_unet run --minutes 15 --norm percentile --sampling random --mask_output False
+    python -m tools.benchmark_plain_unet run --minutes 15 --num_labeled 2
+    python -m tools.benchmark_plain_unet run --minutes 15 --norm percentile --sampling random --mask_output False
 
 The split is ``scripts.datasets.build_datalist``'s (the phantom data of ``configs/train.yaml`` by default); training
 uses ``training``, the score ``testing``. The result (JSON) goes to ``out``, and one summary line is printed.
@@ -21,7 +21,6 @@ uses ``training``, the score ``testing``. The result (JSON) goes to ``out``, and
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import fire
 import numpy as np
@@ -52,10 +51,11 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple_rep, set_determinism
 
-from .atomic import write_json
-from .datasets import IGNORE_LABEL, build_datalist, label_mapping
-from .evaluation import TISSUES
-from .transforms import MaskIgnoredd
+from scripts.atomic import write_json
+from scripts.datasets import IGNORE_LABEL, build_datalist, label_mapping
+from scripts.evaluation import TISSUES
+from scripts.transforms import MaskIgnoredd
+from tools import BUNDLE_ROOT
 
 NORMS = ("zscore_brain", "percentile")
 SAMPLINGS = ("brain", "random")
@@ -115,12 +115,13 @@ def _forever(loader):
 
 def _bundle_phantom() -> dict:
     """The phantom data of ``configs/train.yaml``, so that this baseline sees the bundle's subjects."""
-    return yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "train.yaml").read_text())["phantom"]
+    return yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())["phantom"]
 
 
 def run(
-    dataset_dir="data/phantom", dataset_format="phantom", modalities=("t1", "t2"), num_labeled=2, num_val=2,
-    num_test=2, seed=0, split_seed=None, minutes=15, iterations=None, out="runs/plain_unet/result.json",
+    dataset_dir=str(BUNDLE_ROOT / "data" / "phantom"), dataset_format="phantom", modalities=("t1", "t2"), num_labeled=2,
+    num_val=2, num_test=2, seed=0, split_seed=None, minutes=15, iterations=None,
+    out=str(BUNDLE_ROOT / "runs" / "plain_unet" / "result.json"),
     phantom=None, norm="zscore_brain", patch_size=48, sampling="brain", mask_output=True, batch=4,
     channels=(16, 32, 64, 128), roi_size=64, lr=1e-3, threads=None,
 ) -> None:

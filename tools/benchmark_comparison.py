@@ -7,12 +7,12 @@ with statistics of k-means tissue classes (0.8.0).
 Every bundle run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
 with the same data split, number of iterations and seed; only the training seed changes between repeats (the split is
 fixed by ``split_seed``). Validation and test subjects are fixed (``num_val``, ``num_test``); labelled subjects not used
-for training join the unlabelled ones. The plain baseline (``scripts.benchmark_plain_unet``) trains for the wall time
+for training join the unlabelled ones. The plain baseline (``tools.benchmark_plain_unet``) trains for the wall time
 the supervised run of the same setting and seed took (or ``plain_minutes`` when there is none yet). Run from the
-bundle root:
+repository root:
 
-    python -m scripts.benchmark_comparison run --profile cpu --labelled "[2,8]" --seeds "[0,1,2]"
-    python -m scripts.benchmark_comparison run --profile gpu
+    python -m tools.benchmark_comparison run --profile cpu --labelled "[2,8]" --seeds "[0,1,2]"
+    python -m tools.benchmark_comparison run --profile gpu
 
 Results are appended to ``<work_dir>/<profile>/results.json`` as each run finishes (an interrupted benchmark resumes
 where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``
@@ -22,7 +22,6 @@ where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``compariso
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,12 +31,13 @@ from pathlib import Path
 import fire
 import numpy as np
 
-from .atomic import write_json, write_text
-from .evaluation import TISSUES
+from scripts.atomic import write_json, write_text
+from scripts.evaluation import TISSUES
+from tools import BUNDLE_ROOT, subprocess_env
 
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
     "supervised": (["configs/supervised.yaml"], {}),
-    "plain_unet": None,  # scripts.benchmark_plain_unet, not a bundle config
+    "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
     "mean_teacher": (["configs/mean_teacher.yaml"], {}),
     "standard_gan": (["configs/standard_gan.yaml"], {}),
     "paper_gan": (["configs/paper_gan.yaml"], {}),
@@ -72,37 +72,37 @@ PROFILES = {
 # the phantom cohort (scripts.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
 PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
 COMMON = {"num_val": 2, "num_test": 4, "split_seed": 0, "num_workers": 2}
+WORK_DIR, DOCS_DIR = str(BUNDLE_ROOT / "runs" / "comparison"), str(BUNDLE_ROOT / "docs")
 
 
 def _overrides(values: dict) -> list[str]:
     return [a for k, v in values.items() for a in (f"--{k}", json.dumps(v))]
 
 
-def _command(bundle_root: Path, cmd: list[str], log: Path) -> float:
+def _command(cmd: list[str], log: Path) -> float:
     """Run ``cmd`` in the bundle root, logging to ``log``; return the wall time in seconds."""
-    env = dict(os.environ, PYTHONPATH=str(bundle_root))
     start = time.perf_counter()
     with open(log, "w") as f:
         f.write(" ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=bundle_root, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise RuntimeError(f"{cmd[2:5]} failed (exit {proc.returncode}); see {log}")
     return time.perf_counter() - start
 
 
-def _bundle(bundle_root: Path, run_id: str, configs: list[str], args: list[str], log: Path) -> float:
+def _bundle(run_id: str, configs: list[str], args: list[str], log: Path) -> float:
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", json.dumps(configs), *args]
-    return _command(bundle_root, cmd, log)
+    return _command(cmd, log)
 
 
-def _run_bundle(bundle_root, run_dir, variant, settings, n, seed) -> dict:
+def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
     configs, options = VARIANTS[variant]
     configs = ["configs/train.yaml", *configs]
     args = _overrides({**settings, **options, "num_labeled": n, "seed": seed, "output_dir": str(run_dir / "runs"),
                        "ckpt_dir": str(run_dir / "models")})  # fmt: skip
-    train_s = _bundle(bundle_root, "training", configs, args, run_dir / "train.log")
-    _bundle(bundle_root, "evaluating", [*configs, "configs/evaluate.yaml"],
+    train_s = _bundle("training", configs, args, run_dir / "train.log")
+    _bundle("evaluating", [*configs, "configs/evaluate.yaml"],
             [*args, "--eval_dir", json.dumps(str(run_dir / "eval"))], run_dir / "eval.log")  # fmt: skip
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     return {
@@ -112,12 +112,12 @@ def _run_bundle(bundle_root, run_dir, variant, settings, n, seed) -> dict:
     }  # fmt: skip
 
 
-def _run_plain(bundle_root, run_dir, settings, n, seed, minutes) -> dict:
+def _run_plain(run_dir, settings, n, seed, minutes) -> dict:
     out = run_dir / "result.json"
     args = _overrides({"dataset_dir": settings["dataset_dir"], "dataset_format": "phantom", "phantom": PHANTOM,
                        "num_labeled": n, "num_val": COMMON["num_val"], "num_test": COMMON["num_test"], "seed": seed,
                        "split_seed": COMMON["split_seed"], "minutes": minutes, "out": str(out)})  # fmt: skip
-    _command(bundle_root, [sys.executable, "-m", "scripts.benchmark_plain_unet", "run", *args], run_dir / "train.log")
+    _command([sys.executable, "-m", "tools.benchmark_plain_unet", "run", *args], run_dir / "train.log")
     result = json.loads(out.read_text())
     return {"train_seconds": round(result["train_seconds"], 1), "dice": {t: result["dice"][t] for t in TISSUES}}
 
@@ -127,13 +127,12 @@ def run(
     labelled=(1, 2, 8),
     variants=("supervised", "plain_unet", "mean_teacher", "standard_gan", "paper_gan", "mri_gan"),
     seeds=(0, 1, 2),
-    work_dir: str = "runs/comparison",
-    dataset_dir: str = "data/cohort",
-    docs_dir: str = "docs",
+    work_dir: str = WORK_DIR,
+    dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"),
+    docs_dir: str = DOCS_DIR,
     plain_minutes: float = 5.0,
 ) -> list[dict]:
     """Train and evaluate every (variant, labelled, seed) not yet in ``<work_dir>/<profile>/results.json``."""
-    bundle_root = Path(__file__).resolve().parents[1]
     work = Path(work_dir).resolve() / profile
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
@@ -151,9 +150,9 @@ def run(
                 if variant == "plain_unet":
                     sup = [r for r in results if (r["variant"], r["num_labeled"], r["seed"]) == ("supervised", n, seed)]
                     minutes = sup[0]["train_seconds"] / 60 if sup else plain_minutes
-                    result = _run_plain(bundle_root, run_dir, settings, n, seed, minutes)
+                    result = _run_plain(run_dir, settings, n, seed, minutes)
                 else:
-                    result = _run_bundle(bundle_root, run_dir, variant, settings, n, seed)
+                    result = _run_bundle(run_dir, variant, settings, n, seed)
                 results.append({"variant": variant, "num_labeled": n, "seed": seed, **result})
                 write_json(results_path, results)
     report(profile, work_dir, docs_dir)
@@ -184,7 +183,7 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def report(profile: str = "cpu", work_dir: str = "runs/comparison", docs_dir: str = "docs") -> str:
+def report(profile: str = "cpu", work_dir: str = WORK_DIR, docs_dir: str = DOCS_DIR) -> str:
     """Write the Markdown table (mean ± standard deviation over seeds) and the Dice-versus-labelled-subjects plot."""
     work = Path(work_dir).resolve() / profile
     results = json.loads((work / "results.json").read_text())

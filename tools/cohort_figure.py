@@ -1,9 +1,9 @@
 """PNG of a phantom infant cohort (``scripts.phantom``, ``cohort=True``): middle axial T1, T2 and label slices of a
 few subjects, one column each, titled with their age parameter; and (``heads``) PNG of phantom heads
-(``head=True``, with and without ``randomize``, infant and adult). Run from the bundle root:
+(``head=True``, with and without ``randomize``, infant and adult). Run from the repository root:
 
-    python -m scripts.cohort_figure --num_subjects 6            # docs/figures/cohort.png, 6 subjects of seed 0
-    python -m scripts.cohort_figure heads                       # docs/figures/heads.png
+    python -m tools.cohort_figure --num_subjects 6            # bundle/docs/figures/cohort.png, 6 subjects of seed 0
+    python -m tools.cohort_figure heads                       # bundle/docs/figures/heads.png
 
 matplotlib comes with the ``benchmark`` extra.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 import fire
 import numpy as np
 
-from .atomic import atomic_path
-from .phantom import _subject_seed, make_subject
+from scripts.atomic import atomic_path
+from scripts.phantom import _subject_seed, make_subject
+from tools import BUNDLE_ROOT
 
 LABEL_COLOURS = ("black", "#3b8bff", "#2ca02c", "#ffd92f")  # background, CSF, GM, WM
 # head tissues after the labels (``scripts.phantom.HEAD_TISSUES``): skin/muscle, fat, bone, marrow, eye, spinal
@@ -30,9 +31,10 @@ HEAD_SUBJECTS = (
     ("adult, randomized, folded", "adult", 1.35, {"randomize": True, "folded": True}),
 )
 CELL_INCHES = 2.0
+FIGURES_DIR = BUNDLE_ROOT / "docs" / "figures"
 
 
-def draw(out="docs/figures/cohort.png", num_subjects=6, seed=0, shape=(144, 192, 256), dpi=100) -> str:
+def draw(out=str(FIGURES_DIR / "cohort.png"), num_subjects=6, seed=0, shape=(144, 192, 256), dpi=100) -> str:
     """Draw subjects 1..``num_subjects`` of the cohort that ``write_iseg(seed=seed, cohort=True)`` writes; return
     the path. Each image is windowed to its own 99.5th percentile, so the panels show contrast, not scale."""
     import matplotlib
@@ -69,7 +71,7 @@ def draw(out="docs/figures/cohort.png", num_subjects=6, seed=0, shape=(144, 192,
     return str(out)
 
 
-def heads(out="docs/figures/heads.png", seed=0, shape=(144, 192, 256), dpi=100) -> str:
+def heads(out=str(FIGURES_DIR / "heads.png"), seed=0, shape=(144, 192, 256), dpi=100) -> str:
     """Draw phantom heads (``head=True``): one column per entry of ``HEAD_SUBJECTS`` (subjects 1, 2, ... of ``seed``
     as ``write_iseg`` numbers them), rows axial T1, coronal T1 and coronal label (brain tissues, then head tissues in
     ``HEAD_COLOURS``; label files keep the head as background). Slices pass through the centre of the cerebrum; images

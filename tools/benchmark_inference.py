@@ -1,9 +1,9 @@
 """Benchmark (not a test): wall time and peak memory to segment one brain volume with configs/inference.yaml.
 
-Run from the bundle root::
+Run from the repository root::
 
-    python -m scripts.benchmark_inference run                       # 144x192x256 T1+T2 phantom, CPU (+ GPU if any)
-    python -m scripts.benchmark_inference run --shape "[512,512,200]" --ckpt_path models/model.pt
+    python -m tools.benchmark_inference run                       # 144x192x256 T1+T2 phantom, CPU (+ GPU if any)
+    python -m tools.benchmark_inference run --shape "[512,512,200]" --ckpt_path bundle/models/model.pt
 
 Each device is measured in a fresh subprocess so that its peak resident memory (``ru_maxrss``) belongs to that
 run alone. The timed part is the inference workflow's ``run()``: loading the NIfTI files, preprocessing,
@@ -15,7 +15,6 @@ randomly initialised default network is used.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import fire
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+from tools import BUNDLE_ROOT, subprocess_env
 
 
 def _write_volume(folder: Path, shape: tuple[int, ...], seed: int) -> None:
@@ -103,12 +102,11 @@ def run(shape=(144, 192, 256), ckpt_path: str | None = None, repeats: int = 3, s
             torch.save({"model": Segmenter(2, 4).state_dict()}, ckpt_path)
         devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
         for device in devices:
-            cmd = [sys.executable, "-m", "scripts.benchmark_inference", "measure", str(tmp / "data"),
+            cmd = [sys.executable, "-m", "tools.benchmark_inference", "measure", str(tmp / "data"),
                    str(tmp / f"out-{device}"), ckpt_path, device, f"--repeats={repeats}"]  # fmt: skip
             if roi_size:
                 cmd.append(f"--roi_size={list(roi_size)}")
-            env = dict(os.environ, PYTHONPATH=str(BUNDLE_ROOT))
-            proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, check=True)
+            proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, check=True)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             result.update(shape=list(shape), roi_size=list(roi_size) if roi_size else "config default")
             results.append(result)
