@@ -262,6 +262,24 @@ def test_generator_idle_until_its_start():
     assert "fake" in second and "loss_g_total" in second and any(not torch.equal(a, b) for a, b in zip(g1, g2))
 
 
+def test_generator_updates_every_interval_and_renders_the_fakes_in_between():
+    """generator_interval 2: in iteration 1 G renders the fakes D learns from but does not change; in iteration 2
+    it updates. D learns from the fakes in both."""
+    trainer, net, gen = _trainer("mri", generator_interval=2)
+    trainer.d_loss_function.weights["synthetic"] = 1.0
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((dict(e.state.output[0]), _params(gen))))
+    g0 = _params(gen)
+    trainer.run()
+    (first, g1), (second, g2) = seen
+    assert "fake" in first and not first["fake"].requires_grad and not any(k.startswith("loss_g_") for k in first)
+    assert float(first["loss_d_synthetic"]) > 0  # the fakes still serve as labelled data
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+    assert "loss_g_total" in second and any(not torch.equal(a, b) for a, b in zip(g1, g2))
+    with pytest.raises(ValueError, match="generator_interval"):
+        _trainer("mri", generator_interval=0)
+
+
 def test_source_statistics_come_from_the_segmenter_pooled_per_subject_and_known_tissues():
     """A source_statistics generator renders the fakes with the class-wise statistics of their sources under the
     frozen segmenter's probabilities, pooled over each subject's patches, and the reconstructions with their own

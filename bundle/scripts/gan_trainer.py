@@ -102,6 +102,8 @@ class SemiSupervisedGanTrainer(Trainer):
         rampup_iterations: iterations over which those terms then grow linearly to their full weight.
         generator_start: iterations before the generator starts (it neither generates nor trains before): set to
             ``warmup_iterations``, the warm-up is supervised training of D alone, at a third of the cost.
+        generator_interval: G updates every this many iterations; in the others it only renders the fakes D learns
+            from, without gradients (the generator step is half of an MRI-GAN iteration's time; docs/speed.md).
         flip_maps: flip each generating tissue map left-right with probability 0.5 (MRI-GAN).
         deform_maps: standard deviation (voxels) of the smooth random displacement that warps each generating map.
         reconstruction_patches: labelled patches per iteration that G reconstructs from themselves for its
@@ -140,6 +142,7 @@ class SemiSupervisedGanTrainer(Trainer):
         warmup_iterations: int = 0,
         rampup_iterations: int = 0,
         generator_start: int = 0,
+        generator_interval: int = 1,
         flip_maps: bool = True,
         fake_maps: str = "same",
         deform_maps: float = 0.0,
@@ -188,6 +191,9 @@ class SemiSupervisedGanTrainer(Trainer):
         self.feature_layer, self.num_classes, self.max_nonfinite = feature_layer, num_classes, max_nonfinite
         self.warmup_iterations, self.rampup_iterations = int(warmup_iterations), int(rampup_iterations)
         self.generator_start = int(generator_start)
+        if int(generator_interval) < 1:
+            raise ValueError(f"generator_interval must be at least 1, got {generator_interval}")
+        self.generator_interval = int(generator_interval)
         self.flip_maps = bool(flip_maps)
         if fake_maps not in ("same", "permuted"):
             raise ValueError(f"fake_maps must be 'same' or 'permuted', got {fake_maps!r}")
@@ -361,14 +367,16 @@ class SemiSupervisedGanTrainer(Trainer):
         self.network.train()
         fake = boundary_logits = target = reconstruction = reconstruct = stats = None
         generating = self.generator is not None and engine.state.iteration > self.generator_start
+        updating_g = generating and engine.state.iteration % self.generator_interval == 0
         if generating:
             self.generator.train()
             conditional = unwrap(self.generator).conditional
             target = self._target_maps(label) if conditional else label
-            reconstruct = self._reconstruction_patches(image, label) if conditional else None
+            reconstruct = self._reconstruction_patches(image, label) if conditional and updating_g else None
             if conditional and unwrap(self.generator).source_statistics:
                 stats = self._source_statistics(unlabeled, target.shape[0])
-            with self._autocast(), record_function("generator forward"):
+            grad = nullcontext() if updating_g else torch.no_grad()
+            with grad, self._autocast(), record_function("generator forward"):
                 fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct, stats)
             output["fake"], output["fake_label"] = fake.detach(), target
         ramp = self.gan_ramp(engine.state.iteration)
@@ -411,7 +419,7 @@ class SemiSupervisedGanTrainer(Trainer):
         output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
 
         g_ok = True
-        if generating:
+        if updating_g:
             with record_function("generator step"):
                 g_ok = self._generator_step(
                     engine, output, image, label, target, unlabeled, fake, boundary_logits,
