@@ -48,6 +48,9 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_shift": ([], {"tissue_shift_prob": 0.5}),
     "mri_gan_clusters": ([], {"source_statistics": True, "source_classes": "clusters"}),
     "mri_gan_clusters_shift": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5}),
+    "mri_gan_clusters_shift_g2": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5,
+                                       "train#trainer#generator_interval": 2}),
+    "mean_teacher_shift": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.5}),
 }
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
@@ -58,6 +61,8 @@ LABELS = {
     "mri_gan_shift": "MRI-GAN, tissue transfer, tissue intensities shifted at random",
     "mri_gan_clusters": "MRI-GAN, tissue transfer with the source's k-means tissue statistics",
     "mri_gan_clusters_shift": "MRI-GAN, k-means tissue statistics, tissue intensities shifted at random",
+    "mri_gan_clusters_shift_g2": "the same, generator updated every second iteration",
+    "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
