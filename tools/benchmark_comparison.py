@@ -48,8 +48,9 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_shift": ([], {"tissue_shift_prob": 0.5}),
     "mri_gan_clusters": ([], {"source_statistics": True, "source_classes": "clusters"}),
     "mri_gan_clusters_shift": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5}),
-    "mri_gan_clusters_shift_g2": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5,
-                                       "train#trainer#generator_interval": 2}),
+    "mri_gan_clusters_shift_cheap": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5,
+                                          "generator_start_iterations": "@gan_warmup_iterations",
+                                          "train#trainer#generator_interval": 2}),
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.5}),
 }
 LABELS = {
@@ -61,7 +62,7 @@ LABELS = {
     "mri_gan_shift": "MRI-GAN, tissue transfer, tissue intensities shifted at random",
     "mri_gan_clusters": "MRI-GAN, tissue transfer with the source's k-means tissue statistics",
     "mri_gan_clusters_shift": "MRI-GAN, k-means tissue statistics, tissue intensities shifted at random",
-    "mri_gan_clusters_shift_g2": "the same, generator updated every second iteration",
+    "mri_gan_clusters_shift_cheap": "the same, generator idle in the warm-up and updated every second iteration",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
