@@ -184,6 +184,6 @@ def test_monai_label_studies_are_checked_as_class_indices(bundle_root, tmp_path)
     nib.save(nib.Nifti1Image(label, np.eye(4)), str(tmp_path / "case_label.nii.gz"))
     studies = [{"image": str(tmp_path / "case.nii.gz"), "label": str(tmp_path / "case_label.nii.gz")}]
     parser = _evaluation_parser(bundle_root, tmp_path, dataset_format="phantom", **{"validate#dataset#data": studies})
-    assert parser.get_parsed_content("label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])
+    assert parser.get_parsed_content("data#label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])
     parser.get_parsed_content("run#1")  # check_datalist: labels 1 and 3 are valid class indices
     assert not (tmp_path / "data").exists()

@@ -116,7 +116,7 @@ def test_discriminator_health_reports_fakes_all_rejected(caplog):
     assert messages[:2] == [[], []]
     assert messages[2] == [
         "the discriminator rejects every fake at iteration 3 (mean fake loss 0.0040 over 2 iterations): "
-        "the generator learns little; lower fake_weight"
+        "the generator learns little; lower gan#fake_weight"
     ]
     assert messages[3] == [] and engine.state.gan_health["fakes_rejected"]
     _, messages = _run_health(handler, [_iteration_output(label, label, losses[4])], caplog, engine, start=5)

@@ -202,7 +202,9 @@ def test_preprocessing_stops_at_label_codes_outside_the_format(bundle_root, tmp_
     entry = _subject(tmp_path, label=(label, None))
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / f"{config}.yaml"))
-    parser.update({"dataset_format": "iseg", "label_format": "iseg"})  # label_format: train.yaml's, from the datalist
+    parser["dataset_format"] = "iseg"
+    if "data" in parser:
+        parser["data#label_format"] = "iseg"  # train.yaml derives it from the datalist
     transforms = Compose(parser.get_parsed_content(preprocessing, lazy=False))
     assert set(torch.unique(transforms(_subject(tmp_path / "valid"))["label"]).tolist()) == {0, 1, 2, 3}
     with pytest.raises(Exception) as error:

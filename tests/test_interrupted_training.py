@@ -26,7 +26,7 @@ def _recorded_iteration(path):
 def test_sigkill_mid_epoch_then_resume(bundle_root, tmp_path):
     args = [
         "--config_file", "configs/train.yaml", "--epochs", str(EPOCHS), "--epoch_length", str(EPOCH_LENGTH),
-        "--checkpoint_interval", str(INTERVAL), "--val_interval", "2", "--gan_warmup_iterations", "2", *TINY,
+        "--checkpoint_interval", str(INTERVAL), "--val_interval", "2", "--gan#warmup_iterations", "2", *TINY,
         "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"),
     ]  # fmt: skip
@@ -66,7 +66,7 @@ def test_resume_keeps_the_best_model_and_reports_it(bundle_root, tmp_path):
     models = tmp_path / "models"
     args = [
         "--config_file", "configs/train.yaml", "--epoch_length", "1", "--val_interval", "1",
-        "--gan_warmup_iterations", "0", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+        "--gan#warmup_iterations", "0", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
         "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(models),
     ]  # fmt: skip
     _bundle(bundle_root, "training", *args, "--epochs", "1")

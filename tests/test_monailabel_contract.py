@@ -85,7 +85,7 @@ def test_label_names_come_from_metadata(bundle_root):
     assert infer.get_parsed_content("output_labels") == sorted(int(k) for k in pred["channel_def"])  # written values
     train = _parser(bundle_root, "train.yaml")
     train.update({"train#dataset#data": [{"image": "a.nii.gz", "label": "a_label.nii.gz"}]})
-    assert train.get_parsed_content("label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])  # MONAI Label labels: indices
+    assert train.get_parsed_content("data#label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])  # MONAI Label labels: indices
 
 
 def test_plain_state_dict_model_loads_into_network_def(bundle_root, tmp_path):
@@ -155,9 +155,9 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
         **{"train#handlers": [loader, *handlers]},
         # tiny and CI-sized; outputs outside the bundle
         output_dir=str(tmp_path / "runs"), ckpt_dir=str(tmp_path / "models"), dataset_dir=str(dataset_dir),
-        network_features=TINY["network_features"], generator_features=[4, 8, 16], patch_size=[16, 16, 16],
+        network_features=TINY["network_features"], **{"gan#generator_features": [4, 8, 16]}, patch_size=[16, 16, 16],
         batch_size=1, samples_per_volume=1, num_workers=0, val_interval=1, val_roi_size=[32, 32, 32],
-        gan_warmup_iterations=0, epoch_length=1,
+        **{"gan#warmup_iterations": 0}, epoch_length=1,
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "Validation Dice per tissue" in out  # validated on MONAI Label's validation study
@@ -210,5 +210,5 @@ def test_monai_label_studies_have_class_index_labels(bundle_root, tmp_path):
     parser = _parser(bundle_root, "train.yaml")
     parser["train#dataset#data"] = [{"image": str(tmp_path / "s.nii.gz"), "label": str(tmp_path / "l.nii.gz")}]
     parser.parse()
-    assert parser.get_parsed_content("label_format") == "datalist"
-    assert parser.get_parsed_content("label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])
+    assert parser.get_parsed_content("data#label_format") == "datalist"
+    assert parser.get_parsed_content("data#label_map") == ([0, 1, 2, 3, 255], [0, 1, 2, 3, 255])

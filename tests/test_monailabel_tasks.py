@@ -24,9 +24,9 @@ from scripts.networks import Segmenter  # noqa: E402
 
 FEATURES = [4, 8, 16, 32]
 TINY = {
-    "network_features": FEATURES, "roi_size": [32, 32, 32], "generator_features": [4, 8, 16],
+    "network_features": FEATURES, "roi_size": [32, 32, 32], "gan#generator_features": [4, 8, 16],
     "patch_size": [16, 16, 16], "batch_size": 1, "samples_per_volume": 1, "num_workers": 0, "val_interval": 1,
-    "val_roi_size": [32, 32, 32], "gan_warmup_iterations": 0, "epoch_length": 1,
+    "val_roi_size": [32, 32, 32], "gan#warmup_iterations": 0, "epoch_length": 1,
 }  # fmt: skip
 
 
@@ -38,7 +38,11 @@ def _tiny_copy(bundle_root, app_dir):
     for name in ("inference.yaml", "train.yaml"):
         path = copy / "configs" / name
         config = yaml.safe_load(path.read_text())
-        config.update({k: v for k, v in TINY.items() if k in config})
+        for key, value in TINY.items():  # gan#<key>: the key in the config's gan block
+            block, _, sub = key.rpartition("#")
+            target = config.get(block) if block else config
+            if isinstance(target, dict) and sub in target:
+                target[sub] = value
         path.write_text(yaml.safe_dump(config, sort_keys=False))
     (copy / "models").mkdir()
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from scripts.synthesis import SynthesisInputs, SynthesisNetwork, subject_id, syn
 
 GENERATOR = {"features": (8, 16), "code_dim": 4, "noise_dim": 2}  # small, so CPU runs take seconds
 TINY = [
-    "--generator_features", "[8,16]", "--tissue_code_dim", "4", "--noise_dim", "2", "--patch_size", "[16,16,16]",
+    "--gan#generator_features", "[8,16]", "--gan#tissue_code_dim", "4", "--gan#noise_dim", "2", "--patch_size", "[16,16,16]",
     "--device", "cpu",
 ]  # fmt: skip
 

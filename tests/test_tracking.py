@@ -14,7 +14,7 @@ EPOCHS, EPOCH_LENGTH, WARMUP = 2, 3, 1
 TINY = [
     "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
     "--num_labeled", "1", "--num_val", "1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
-    "--num_workers", "0", "--network_features", "[4,8,16,32]", "--generator_features", "[4,8,16]",
+    "--num_workers", "0", "--network_features", "[4,8,16,32]", "--gan#generator_features", "[4,8,16]",
 ]  # fmt: skip
 
 
@@ -25,7 +25,7 @@ def tracked(bundle_root, tmp_path_factory):
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
         "--tracking", "configs/mlflow.yaml", "--epochs", str(EPOCHS), "--epoch_length", str(EPOCH_LENGTH),
-        "--val_interval", "1", "--gan_warmup_iterations", str(WARMUP), *TINY, "--dataset_dir", str(tmp / "phantom"),
+        "--val_interval", "1", "--gan#warmup_iterations", str(WARMUP), *TINY, "--dataset_dir", str(tmp / "phantom"),
         "--output_dir", str(tmp / "runs"), "--ckpt_dir", str(tmp / "models"), "--run_name", "tiny",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
@@ -90,7 +90,7 @@ def test_monai_default_mlflow_tracking(bundle_root, tmp_path):
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
         "--tracking", "mlflow", "--epochs", "1", "--epoch_length", "2", "--val_interval", "1",
-        "--gan_warmup_iterations", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+        "--gan#warmup_iterations", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
         "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")

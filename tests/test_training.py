@@ -37,7 +37,7 @@ def trained(bundle_root, tmp_path_factory):
     dirs = {"dataset_dir": tmp / "phantom", "output_dir": tmp / "runs", "ckpt_dir": tmp / "models"}
     out = _bundle(
         bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "2", "--epoch_length", "1", "--val_interval", "1",
-        "--gan_warmup_iterations", "1", *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
+        "--gan#warmup_iterations", "1", *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
     )  # fmt: skip
     return dirs, out
 
@@ -141,7 +141,7 @@ def test_same_seed_same_losses_on_cpu(bundle_root, tmp_path):
     for name in ("a", "b"):
         _bundle(
             bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", "--epoch_length", "3",
-            "--gan_warmup_iterations", "1", "--val_interval", "5", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+            "--gan#warmup_iterations", "1", "--val_interval", "5", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
             "--output_dir", str(tmp_path / name / "runs"), "--ckpt_dir", str(tmp_path / name / "models"),
         )  # fmt: skip
         runs.append(_scalars(tmp_path / name / "runs"))
@@ -157,7 +157,7 @@ def test_batches_of_two_volumes(bundle_root, tmp_path, crop_sampling):
     tiny[tiny.index("--phantom#num_labeled") + 1] = "4"
     _bundle(
         bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", "--epoch_length", "2",
-        "--gan_warmup_iterations", "1", "--val_interval", "5", "--batch_size", "2", "--crop_sampling", crop_sampling,
+        "--gan#warmup_iterations", "1", "--val_interval", "5", "--batch_size", "2", "--crop_sampling", crop_sampling,
         *tiny, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"),
     )  # fmt: skip
@@ -177,7 +177,7 @@ def test_schedule_in_iterations_and_no_best_model_from_the_warmup(bundle_root, v
     for num_labeled in (2, 8):
         parser["num_labeled"] = num_labeled
         assert parser.get_parsed_content("epochs", lazy=False) * parser["epoch_length"] == 600
-    assert parser.get_parsed_content("gan_warmup_iterations", lazy=False) == 150
+    assert parser.get_parsed_content("gan#warmup_iterations", lazy=False) == 150
     validation = next(h for h in parser["train"]["handlers"] if h["_target_"].endswith("FinalValidation"))
     assert parser.get_parsed_content(f"train#handlers#{parser['train']['handlers'].index(validation)}#start_iteration",
                                      lazy=False) == start  # fmt: skip

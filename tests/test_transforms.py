@@ -69,7 +69,7 @@ def test_tissue_clusters_reach_the_unlabelled_patches_only_when_asked(bundle_roo
     parser["bundle_root"] = str(bundle_root)
     assert parser.get_parsed_content("train#unlabeled#clusters") == []
     assert parser.get_parsed_content("train#unlabeled#keys") == ["image"]
-    parser["source_statistics"], parser["source_classes"] = True, "clusters"
+    parser["gan#source_statistics"], parser["gan#source_classes"] = True, "clusters"
     (clusters,) = parser.get_parsed_content("train#unlabeled#clusters")
     assert isinstance(clusters, TissueClustersd)
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")

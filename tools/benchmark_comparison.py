@@ -42,15 +42,16 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "standard_gan": (["configs/standard_gan.yaml"], {}),
     "paper_gan": (["configs/paper_gan.yaml"], {}),
     "mri_gan": ([], {}),
-    "mri_gan_statistics": ([], {"source_statistics": True}),
-    "mri_gan_swap": ([], {"source_statistics": True, "contrast_swap": 0.5}),
+    "mri_gan_statistics": ([], {"gan#source_statistics": True}),
+    "mri_gan_swap": ([], {"gan#source_statistics": True, "gan#contrast_swap": 0.5}),
     "supervised_shift": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5}),
     "mri_gan_shift": ([], {"tissue_shift_prob": 0.5}),
-    "mri_gan_clusters": ([], {"source_statistics": True, "source_classes": "clusters"}),
-    "mri_gan_clusters_shift": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5}),
-    "mri_gan_clusters_shift_cheap": ([], {"source_statistics": True, "source_classes": "clusters", "tissue_shift_prob": 0.5,
-                                          "generator_start_iterations": "@gan_warmup_iterations",
-                                          "train#trainer#generator_interval": 2}),
+    "mri_gan_clusters": ([], {"gan#source_statistics": True, "gan#source_classes": "clusters"}),
+    "mri_gan_clusters_shift": ([], {"gan#source_statistics": True, "gan#source_classes": "clusters",
+                                    "tissue_shift_prob": 0.5}),
+    "mri_gan_clusters_shift_cheap": ([], {"gan#source_statistics": True, "gan#source_classes": "clusters",
+                                          "tissue_shift_prob": 0.5, "gan#generator_interval": 2,
+                                          "gan#generator_start_iterations": "@gan#warmup_iterations"}),
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.5}),
 }
 LABELS = {
@@ -70,7 +71,7 @@ PROFILES = {
     "cpu": {
         "iterations": 600, "epoch_length": 50, "val_interval": 2, "batch_size": 1, "unlabeled_batch_size": 1,
         "samples_per_volume": 8, "patch_size": [24, 24, 24], "network_features": [8, 16, 32, 64],
-        "generator_features": [8, 16, 32],
+        "gan#generator_features": [8, 16, 32],
     },
     # 3000 iterations of the default configuration (network, patches, batches)
     "gpu": {"iterations": 3000, "epoch_length": 100, "val_interval": 5},

@@ -192,7 +192,7 @@ def architecture(
     training config, or a list of configs merged in order) defines and its loss weights."""
     parser, segmenter, generator = _networks(config_file)
     keys = ("labelled_weight", "unlabelled_weight", "fake_weight", "feature_layer")
-    weights = {k: parser.get_parsed_content(k) for k in keys}
+    weights = {k: parser.get_parsed_content(f"gan#{k}") for k in keys}
     modalities = [str(m).upper() for m in parser.get_parsed_content("modalities")]
     fig = Figure(figsize=(20, 7))
     ax = fig.add_axes((0, 0, 1, 1))

@@ -9,9 +9,11 @@ absolute strings. Labels keep their dataset codes: map them with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,13 @@ def build_datalist(
     if split_file is not None:
         write_json(split_file, split)
     return split
+
+
+def split_on_first_use(**kwargs) -> Callable[[], dict]:
+    """``build_datalist(**kwargs)`` as a function of no arguments that builds the split on its first call and returns
+    the same dict after (configs/train.yaml's ``data#split``): a config that never needs the split (MONAI Label's
+    studies) never reads the dataset folder."""
+    return functools.cache(functools.partial(build_datalist, **kwargs))
 
 
 def load_datalist(path, modalities) -> dict:

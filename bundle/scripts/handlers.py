@@ -251,7 +251,7 @@ class DiscriminatorHealth:
         if rejected and not self.fakes_rejected:
             self.logger.warning(
                 f"the discriminator rejects every fake at iteration {engine.state.iteration} (mean fake loss "
-                f"{mean:.4f} over {self.window} iterations): the generator learns little; lower fake_weight"
+                f"{mean:.4f} over {self.window} iterations): the generator learns little; lower gan#fake_weight"
             )
         elif not rejected and self.fakes_rejected:
             self.logger.info(f"fakes fool the discriminator again at iteration {engine.state.iteration}")

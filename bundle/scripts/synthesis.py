@@ -127,8 +127,8 @@ def load_generator(generator: nn.Module, path, device=None) -> nn.Module:
         example = (resized or missing or unexpected)[0]
         raise InputError(
             f"{path} does not fit the generator of this config ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(resized)} resized tensors, e.g. {example}): set modalities, num_classes, generator_features, "
-            "tissue_code_dim, noise_dim, source_code_dim and source_statistics as in training"
+            f"{len(resized)} resized tensors, e.g. {example}): set modalities, num_classes and gan#generator_features, "
+            "gan#tissue_code_dim, gan#noise_dim, gan#source_code_dim and gan#source_statistics as in training"
         )
     generator.load_state_dict(state)
     return generator.to(device).eval()
@@ -186,7 +186,7 @@ class SynthesisInputs(PrepareBatch):
     keyword arguments for every window ``noise``, one N(0, 1) vector of ``noise_dim`` per volume drawn on the CPU
     with torch's seeded generator, and for a ``source_statistics`` generator the ``source_stats`` of the whole source
     volume: the class-wise intensity statistics under a ``segmenter``'s probabilities, or with ``clusters`` under
-    its ``tissue_clusters`` (what training pools over a subject's patches, ``source_classes``)."""
+    its ``tissue_clusters`` (what training pools over a subject's patches, ``gan#source_classes``)."""
 
     def __init__(self, noise_dim: int, segmenter: nn.Module | None = None, in_channels: int = 1,
                  roi_size=(96, 96, 96), clusters: bool = False):  # fmt: skip

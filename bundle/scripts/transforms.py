@@ -175,7 +175,7 @@ def tissue_clusters(image: torch.Tensor, background: float = -1.0, num_classes: 
 
 class TissueClustersd(MapTransform):
     """Write ``tissue_clusters`` of ``keys`` (a normalised image) under ``output_key``: the unlabelled subjects'
-    tissue classes for the statistics of the generator with ``source_classes: clusters``. MONAI has no
+    tissue classes for the statistics of the generator with ``gan#source_classes: clusters``. MONAI has no
     unsupervised tissue classifier (FSL FAST or Atropos do this with a Markov random field; this is the plain
     k-means part)."""
 
