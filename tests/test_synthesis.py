@@ -33,10 +33,11 @@ def data(tmp_path_factory):
     return root
 
 
-def _random_generator():
-    """A small generator whose GT-Layers depend on the tissue code and noise (at initialisation they do not)."""
+def _random_generator(source_statistics=True):
+    """A small generator whose GT-Layers depend on the tissue code and noise (at initialisation they do not); with
+    the source's statistics, as train.yaml's default."""
     torch.manual_seed(0)
-    generator = MRIGANGenerator(2, 4, **GENERATOR).eval()
+    generator = MRIGANGenerator(2, 4, **GENERATOR, source_statistics=source_statistics).eval()
     for name, param in generator.named_parameters():
         if ".r_sigma.2." in name or ".r_mu.2." in name:
             torch.nn.init.normal_(param, std=0.3)
@@ -174,7 +175,7 @@ def test_outputs_land_on_the_label_grid(bundle_root, data, tmp_path, monkeypatch
 
 
 def test_network_is_the_generator_on_one_window():
-    generator = _random_generator()
+    generator = _random_generator(source_statistics=False)
     network = SynthesisNetwork(generator, in_channels=2)
     mri = torch.rand(2, 2, 16, 16, 16) * 2 - 1
     onehot = tissue_onehot(torch.randint(0, 4, (2, 1, 16, 16, 16)), 4)

@@ -48,7 +48,7 @@ def test_training_writes_cpu_checkpoint_and_reports_dice(trained):
     assert all(t.device.type == "cpu" for t in ckpt.values())  # a plain state_dict, as the model zoo expects
     Segmenter(2, 4).load_state_dict(ckpt)  # the default architecture
     generator = torch.load(dirs["ckpt_dir"] / "generator.pt", map_location="cpu", weights_only=True)
-    MRIGANGenerator(2, 4, noise_dim=8).load_state_dict(generator["generator"])  # MRI-GAN is the default
+    MRIGANGenerator(2, 4, noise_dim=8, source_statistics=True).load_state_dict(generator["generator"])  # the default
     assert "Validation Dice per tissue" in out and "CSF" in out and "WM" in out
     events = list((dirs["output_dir"]).glob("events.out.tfevents.*"))
     tags = set()

@@ -21,14 +21,14 @@ def test_tissue_shift_adds_one_offset_per_tissue_and_channel():
     assert torch.equal(RandTissueShiftd("image", prob=0.0)({"image": image, "label": label})["image"], image)
 
 
-def test_tissue_shift_joins_labelled_training_only_when_asked(bundle_root):
+def test_tissue_shift_joins_labelled_training_by_default_and_leaves_at_zero(bundle_root):
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "train.yaml"))
     parser["bundle_root"] = str(bundle_root)
-    assert parser.get_parsed_content("train#tissue_shift") == []  # default: the transform chain is unchanged
-    parser["tissue_shift_prob"] = 0.5
     (shift,) = parser.get_parsed_content("train#tissue_shift")
     assert isinstance(shift, RandTissueShiftd) and shift.prob == 0.5 and shift.offset == 0.5
+    parser["tissue_shift_prob"] = 0.0
+    assert parser.get_parsed_content("train#tissue_shift") == []  # the transform chain without it
 
 
 
@@ -63,14 +63,24 @@ def test_tissue_clusters_transform_adds_the_map_and_keeps_the_image():
     assert torch.equal(out["image"], image) and torch.equal(out["clusters"][0].long(), label)
 
 
-def test_tissue_clusters_reach_the_unlabelled_patches_only_when_asked(bundle_root):
+@pytest.mark.parametrize(
+    "configs, overrides, clustered",
+    [
+        (["train.yaml"], {}, True),  # the default: k-means classes for the generator's source statistics
+        (["train.yaml"], {"gan#source_classes": "segmenter"}, False),
+        (["train.yaml"], {"gan#source_statistics": "false"}, False),
+        (["train.yaml", "supervised.yaml"], {}, False),  # no generator
+        (["train.yaml", "mean_teacher.yaml"], {}, False),
+        (["train.yaml", "paper_gan.yaml"], {}, False),
+    ],
+)
+def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(bundle_root, configs, overrides, clustered):
     parser = ConfigParser()
-    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser.read_config([str(bundle_root / "configs" / c) for c in configs])
     parser["bundle_root"] = str(bundle_root)
-    assert parser.get_parsed_content("train#unlabeled#clusters") == []
-    assert parser.get_parsed_content("train#unlabeled#keys") == ["image"]
-    parser["gan#source_statistics"], parser["gan#source_classes"] = True, "clusters"
-    (clusters,) = parser.get_parsed_content("train#unlabeled#clusters")
-    assert isinstance(clusters, TissueClustersd)
+    parser.update(overrides)
+    found = parser.get_parsed_content("train#unlabeled#clusters")
+    assert len(found) == int(clustered) and all(isinstance(c, TissueClustersd) for c in found)
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
-    assert list(crop.keys) == list(flip.keys) == ["image", "clusters"]  # cropped and flipped with their image
+    keys = ["image", "clusters"] if clustered else ["image"]
+    assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image

@@ -238,7 +238,7 @@ class SemiSupervisedGanTrainer(Trainer):
         except StopIteration:
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
             batch = next(self._unlabeled_iter)
-        if self.source_classes == "clusters":
+        if self.source_classes == "clusters" and getattr(unwrap(self.generator), "source_statistics", False):
             if "clusters" not in batch:
                 raise KeyError("source_classes 'clusters' needs a 'clusters' map in the unlabelled batches (TissueClustersd)")
             self._unlabeled_classes = batch["clusters"].to(engine.state.device)
