@@ -73,7 +73,7 @@ class SemiSupervisedGanTrainer(Trainer):
     Batch norm sees real patches only: D's running statistics come from one pass over the labelled and unlabelled
     patches; the generated patches go through a second pass whose running-statistics update is undone. For the
     first ``warmup_iterations`` D learns from labelled patches only; the generator starts after ``generator_start``
-    iterations (configs/fast.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the
+    iterations (train.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the
     unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
     unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already predicts, so grey matter never
     emerges (measurements in docs/gan_training.md). In the generator step D is frozen in evaluation mode (running
@@ -240,7 +240,8 @@ class SemiSupervisedGanTrainer(Trainer):
             batch = next(self._unlabeled_iter)
         if self.source_classes == "clusters" and getattr(unwrap(self.generator), "source_statistics", False):
             if "clusters" not in batch:
-                raise KeyError("source_classes 'clusters' needs a 'clusters' map in the unlabelled batches (TissueClustersd)")
+                raise KeyError("source_classes 'clusters' needs a 'clusters' map in the unlabelled batches "
+                               "(TissueClustersd)")
             self._unlabeled_classes = batch["clusters"].to(engine.state.device)
         return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]
 
@@ -288,8 +289,8 @@ class SemiSupervisedGanTrainer(Trainer):
         """``(mean, std, mass)`` of the tissues of the sources of ``n`` fakes (``source_statistics`` generators): the
         frozen segmenter's probabilities (or the ``clusters`` classes) weight the voxels, pooled over the
         ``source_group_size`` patches of each unlabelled subject, so that a tissue missing from one patch still gets
-        its subject's intensity. With
-        ``contrast_swap`` p, each fake's GM and WM statistics are exchanged with probability p."""
+        its subject's intensity. With ``contrast_swap`` p, each fake's GM and WM statistics are exchanged with
+        probability p."""
         if self.source_classes == "clusters":
             probs = tissue_onehot(self._unlabeled_classes, self.num_classes)
         else:
