@@ -35,23 +35,28 @@ from scripts.atomic import write_json, write_text
 from scripts.evaluation import TISSUES
 from tools import BUNDLE_ROOT, subprocess_env
 
+# Every variant states the settings it was measured with, so that a later change of train.yaml's defaults does not
+# change what an old variant means: no offsets, the generator from the start and at every iteration, and (MRI-GAN)
+# no source statistics, unless the variant says otherwise.
+_BEFORE_080 = {"tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0, "gan#generator_interval": 1}
+_TRANSFER_040 = {**_BEFORE_080, "gan#source_statistics": False}
+_CLUSTERS = {"gan#source_statistics": True, "gan#source_classes": "clusters"}
+_SEGMENTER = {"gan#source_statistics": True, "gan#source_classes": "segmenter"}
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
-    "supervised": (["configs/supervised.yaml"], {}),
+    "supervised": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.0}),
     "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
-    "mean_teacher": (["configs/mean_teacher.yaml"], {}),
-    "standard_gan": (["configs/standard_gan.yaml"], {}),
-    "paper_gan": (["configs/paper_gan.yaml"], {}),
-    "mri_gan": ([], {}),
-    "mri_gan_statistics": ([], {"gan#source_statistics": True}),
-    "mri_gan_swap": ([], {"gan#source_statistics": True, "gan#contrast_swap": 0.5}),
+    "mean_teacher": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.0}),
+    "standard_gan": (["configs/standard_gan.yaml"], _BEFORE_080),
+    "paper_gan": (["configs/paper_gan.yaml"], _BEFORE_080),
+    "mri_gan": ([], _TRANSFER_040),
+    "mri_gan_statistics": ([], {**_BEFORE_080, **_SEGMENTER}),
+    "mri_gan_swap": ([], {**_BEFORE_080, **_SEGMENTER, "gan#contrast_swap": 0.5}),
     "supervised_shift": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5}),
-    "mri_gan_shift": ([], {"tissue_shift_prob": 0.5}),
-    "mri_gan_clusters": ([], {"gan#source_statistics": True, "gan#source_classes": "clusters"}),
-    "mri_gan_clusters_shift": ([], {"gan#source_statistics": True, "gan#source_classes": "clusters",
-                                    "tissue_shift_prob": 0.5}),
-    "mri_gan_clusters_shift_cheap": ([], {"gan#source_statistics": True, "gan#source_classes": "clusters",
-                                          "tissue_shift_prob": 0.5, "gan#generator_interval": 2,
-                                          "gan#generator_start_iterations": "@gan#warmup_iterations"}),
+    "mri_gan_shift": ([], {**_TRANSFER_040, "tissue_shift_prob": 0.5}),
+    "mri_gan_clusters": ([], {**_BEFORE_080, **_CLUSTERS}),
+    "mri_gan_clusters_shift": ([], {**_BEFORE_080, **_CLUSTERS, "tissue_shift_prob": 0.5}),
+    "mri_gan_clusters_shift_cheap": ([], {**_CLUSTERS, "tissue_shift_prob": 0.5, "gan#generator_interval": 2,
+                                          "gan#generator_start_iterations": "@gan#warmup_iterations"}),  # 0.8.0's default
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.5}),
 }
 LABELS = {
@@ -63,7 +68,7 @@ LABELS = {
     "mri_gan_shift": "MRI-GAN, tissue transfer, tissue intensities shifted at random",
     "mri_gan_clusters": "MRI-GAN, tissue transfer with the source's k-means tissue statistics",
     "mri_gan_clusters_shift": "MRI-GAN, k-means tissue statistics, tissue intensities shifted at random",
-    "mri_gan_clusters_shift_cheap": "the same, generator idle in the warm-up and updated every second iteration",
+    "mri_gan_clusters_shift_cheap": "MRI-GAN, the default (the same, G idle in the warm-up, then every second iteration)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
