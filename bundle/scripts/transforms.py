@@ -8,6 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, MaskIntensityd, RandomizableTransform
+from monai.transforms.utils_morphological_ops import dilate
 from monai.utils import convert_to_numpy
 
 from .datasets import IGNORE_LABEL
@@ -139,7 +140,8 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 30) -> torch.Tensor:
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    return torch.nn.functional.max_pool3d(mask[None, None].float(), 2 * radius + 1, 1, radius)[0, 0] > 0
+    """``mask`` (D, H, W) dilated by a cube of side ``2 * radius + 1`` (MONAI's ``dilate`` takes (N, C, ...))."""
+    return dilate(mask[None, None].float(), 2 * radius + 1)[0, 0] > 0
 
 
 def tissue_clusters(image: torch.Tensor, background: float = -1.0, num_classes: int = 4) -> torch.Tensor:
