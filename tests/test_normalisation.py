@@ -7,7 +7,7 @@ from monai.data import MetaTensor
 from monai.transforms import CropForeground, ScaleIntensityRangePercentiles
 
 from scripts.normalisation import ForegroundPercentileScaled, foreground
-from scripts.phantom import make_subject
+from scripts.data.phantom import make_subject
 
 
 def _scale(image):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .cli import as_bool
-from .input_checks import InputError
+from .checks import InputError
 
 
 class OutputExistsError(InputError, FileExistsError):

@@ -22,7 +22,7 @@ from monai.transforms import MapTransform, ResizeWithPadOrCrop
 from torch import Tensor, nn
 
 from .cli import as_bool
-from .input_checks import InputError, MissingInputError, check_weights
+from .checks import InputError, MissingInputError, check_weights
 from .networks.generators import class_intensity_statistics, tissue_onehot
 from .transforms import tissue_clusters
 from .outputs import OutputExistsError, OutputInInputFolderError

@@ -11,8 +11,8 @@ from monai.transforms import MapTransform, MaskIntensityd, RandomizableTransform
 from monai.transforms.utils_morphological_ops import dilate
 from monai.utils import convert_to_numpy
 
-from .datasets import IGNORE_LABEL
-from .input_checks import InputError, check_label_codes
+from .data.datasets import IGNORE_LABEL
+from .checks import InputError, check_label_codes
 
 
 class MaskIgnoredd(MapTransform):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-# torch, MONAI and nibabel are imported where used: scripts.datasets imports this module for InputError alone.
+# torch, MONAI and nibabel are imported where used: scripts.data.datasets imports this module for InputError alone.
 
 NIBABEL_EXTS = (".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz")
 GRID_TOLERANCE = 0.01  # affines of one subject may differ by this fraction of the smallest voxel size
@@ -71,7 +71,7 @@ def check_datalist(
     (not truncated or corrupt), 3D (4D with one volume per modality file), free of NaN and infinity, and not all
     zero; the files of a subject, its brain ``mask`` included, must share one voxel grid (shape, and affines equal
     up to ``GRID_TOLERANCE`` of a voxel). Labels are checked only with ``label_codes`` (e.g.
-    ``scripts.datasets.label_mapping(format)[0]``; ``label_set_name`` names that set in messages): their values must
+    ``scripts.data.datasets.label_mapping(format)[0]``; ``label_set_name`` names that set in messages): their values must
     be in it. Without it ``label`` is ignored (inference).
     NIfTI and Analyze files are read with nibabel, others with MONAI's ``LoadImage``; ``num_workers`` threads read
     them (MONAI's convention: ``None`` is ``os.cpu_count()``, less than 1 is 1).
