@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from monai.transforms import MapLabelValued
 
-from scripts.data import datasets as ds
 from scripts.checks import InputError
+from scripts.data import datasets as ds
 
 
 def _nii(path, value=0):

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.data import datasets as ds
 from scripts.checks import (
     CheckedCheckpointLoader,
     InputError,
@@ -23,6 +22,7 @@ from scripts.checks import (
     check_weights,
     find_input_error,
 )
+from scripts.data import datasets as ds
 from scripts.networks import Segmenter
 
 MODS = ["t1", "t2"]
@@ -305,7 +305,7 @@ def test_checkpoint_missing_corrupt_or_not_weights(tmp_path):
 
 
 def test_existing_output_and_output_in_the_input_folder(tmp_path):
-    from scripts.outputs import check_outputs
+    from scripts.checks import check_outputs
 
     entry = _subject(tmp_path / "in")
     (tmp_path / "out").mkdir()
@@ -320,7 +320,6 @@ def test_existing_output_and_output_in_the_input_folder(tmp_path):
 def test_error_log_never_goes_into_an_input_folder(tmp_path, capsys, monkeypatch):
     """`--output_dir` pointing at the inputs: the error is reported, its log goes to a temporary file instead."""
     from scripts import checks
-    from scripts.outputs import check_outputs
 
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
 
@@ -328,7 +327,7 @@ def test_error_log_never_goes_into_an_input_folder(tmp_path, capsys, monkeypatch
     before = sorted(p.name for p in (tmp_path / "in").iterdir())
     checks.install_excepthook(tmp_path / "in" / "error.log")
     try:
-        check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz")
+        checks.check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz")
     except InputError as e:
         checks._report(type(e), e, e.__traceback__)
     line = capsys.readouterr().err.strip()

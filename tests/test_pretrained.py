@@ -15,8 +15,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts.checks import MissingInputError
-from scripts.networks import Segmenter
 from scripts.data.phantom import _write_iseg_subject, make_subject
+from scripts.networks import Segmenter
 
 pytestmark = pytest.mark.slow
 

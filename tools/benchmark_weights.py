@@ -33,8 +33,8 @@ from monai.transforms import MapLabelValue
 
 from scripts.atomic import write_json
 from scripts.data.datasets import label_mapping
-from scripts.evaluation import TISSUES
 from scripts.data.phantom import write_dataset
+from scripts.evaluation import TISSUES
 from tools import BUNDLE_ROOT, subprocess_env
 
 # grids at 1 mm: the iSEG one for infants; for adults one that gives a skull-stripped brain an adult volume (about

@@ -16,9 +16,8 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from scripts.cli import as_bool
+from scripts.checks import InputError, Volume, as_bool, check_same_grid
 from scripts.data.datasets import find_subjects, label_mapping
-from scripts.checks import InputError, Volume, check_same_grid
 
 
 def stack_modalities(output, *inputs) -> str:
