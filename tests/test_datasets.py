@@ -1,4 +1,4 @@
-"""Tests of scripts.datasets on tiny fake datasets written in the real iSEG / MRBrainS / NIfTI / datalist layouts."""
+"""Tests of scripts.data.datasets on tiny fake datasets written in the real iSEG / MRBrainS / NIfTI / datalist layouts."""
 
 import importlib.util
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from monai.transforms import MapLabelValued
 
-from scripts import datasets as ds
-from scripts.input_checks import InputError
+from scripts.checks import InputError
+from scripts.data import datasets as ds
 
 
 def _nii(path, value=0):
@@ -369,7 +369,7 @@ def test_datalist_without_validation_is_split(tmp_path):
         ds.build_datalist(tmp_path / "nothere", "datalist", ["t1"], -1, 0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("scripts.phantom") is None, reason="scripts.phantom not available")
+@pytest.mark.skipif(importlib.util.find_spec("scripts.data.phantom") is None, reason="scripts.data.phantom not available")
 def test_phantom_branch_writes_and_reads_iseg_layout(tmp_path):
     first = ds.build_datalist(tmp_path / "ph", "phantom", ["t1", "t2"], num_labeled=-1, num_val=1)
     assert first["validation"] and first["training"]

@@ -14,7 +14,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMe
 from monai.networks.utils import one_hot
 
 from oracle import ORACLE_NET, write_oracle_checkpoint
-from scripts.datasets import IGNORE_LABEL, build_datalist
+from scripts.data.datasets import IGNORE_LABEL, build_datalist
 from scripts.evaluation import check_split, write_report
 from scripts.transforms import MaskIgnoredd
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, run, verify_metadata, verify_net_in_out
 
+from scripts.data.phantom import write_iseg
 from scripts.networks import Segmenter
-from scripts.phantom import write_iseg
 
 SCHEMA = "docs/meta_schema_20240725.json"  # the file behind metadata.json's "schema" URL, shipped with the bundle
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"

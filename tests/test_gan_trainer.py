@@ -7,7 +7,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from scripts.gan_trainer import SemiSupervisedGanTrainer, frozen
+from scripts.engines.gan import SemiSupervisedGanTrainer, frozen
 from scripts.losses import DiscriminatorLoss, GeneratorLoss, LabelledSegmentationLoss
 from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 from scripts.networks.generators import class_intensity_statistics, tissue_onehot
@@ -216,7 +216,7 @@ def test_permuted_fake_maps_exchange_tissues_and_keep_background():
 
 
 def test_random_warp_keeps_labels_and_moves_boundaries():
-    from scripts.gan_trainer import random_warp
+    from scripts.engines.gan import random_warp
 
     torch.manual_seed(0)
     label = torch.zeros(2, 1, 12, 12, 12, dtype=torch.long)

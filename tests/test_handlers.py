@@ -223,7 +223,7 @@ def _validated_training(tmp_path, dice):
 
 
 def test_the_run_reports_the_best_model_not_the_last_validation(tmp_path, capsys):
-    from scripts.reporting import print_validation_dice
+    from scripts.handlers import print_validation_dice
 
     trainer, best = _validated_training(tmp_path, [0.7, 0.8, 0.6])
     trainer.run([0, 0], max_epochs=3)

@@ -59,7 +59,7 @@ def test_labels_land_on_input_grid(bundle_root, tmp_path, monkeypatch, output_la
 
 def test_analyze_input_keeps_nibabel_grid(bundle_root, tmp_path, monkeypatch):
     """iSEG Analyze files: the segmentation has the shape and the (nibabel) affine of the input."""
-    from scripts.phantom import write_iseg
+    from scripts.data.phantom import write_iseg
 
     write_iseg(tmp_path / "iseg", num_labeled=1, num_unlabeled=0, shape=(40, 48, 56), seed=3)
     write_oracle_checkpoint(tmp_path / "oracle.pt")

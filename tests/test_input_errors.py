@@ -1,6 +1,6 @@
 """Bad input gets a one-line error naming the file and the problem, before any long work starts (issue 5).
 
-Unit tests of ``scripts.input_checks`` on tiny files, and end-to-end runs of the user's commands asserting that
+Unit tests of ``scripts.checks`` on tiny files, and end-to-end runs of the user's commands asserting that
 stderr ends with one ``ERROR: ...`` line, holds no traceback, and that the traceback is in the error log.
 """
 
@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import datasets as ds
-from scripts.input_checks import (
+from scripts.checks import (
     CheckedCheckpointLoader,
     InputError,
     MissingInputError,
@@ -23,6 +22,7 @@ from scripts.input_checks import (
     check_weights,
     find_input_error,
 )
+from scripts.data import datasets as ds
 from scripts.networks import Segmenter
 
 MODS = ["t1", "t2"]
@@ -305,7 +305,7 @@ def test_checkpoint_missing_corrupt_or_not_weights(tmp_path):
 
 
 def test_existing_output_and_output_in_the_input_folder(tmp_path):
-    from scripts.outputs import check_outputs
+    from scripts.checks import check_outputs
 
     entry = _subject(tmp_path / "in")
     (tmp_path / "out").mkdir()
@@ -319,18 +319,17 @@ def test_existing_output_and_output_in_the_input_folder(tmp_path):
 
 def test_error_log_never_goes_into_an_input_folder(tmp_path, capsys, monkeypatch):
     """`--output_dir` pointing at the inputs: the error is reported, its log goes to a temporary file instead."""
-    from scripts import input_checks
-    from scripts.outputs import check_outputs
+    from scripts import checks
 
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
 
     entry = _subject(tmp_path / "in")
     before = sorted(p.name for p in (tmp_path / "in").iterdir())
-    input_checks.install_excepthook(tmp_path / "in" / "error.log")
+    checks.install_excepthook(tmp_path / "in" / "error.log")
     try:
-        check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz")
+        checks.check_outputs([entry], tmp_path / "in", ["seg"], ".nii.gz")
     except InputError as e:
-        input_checks._report(type(e), e, e.__traceback__)
+        checks._report(type(e), e, e.__traceback__)
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"ERROR: output_dir {tmp_path / 'in'} holds input files") and "mri_gan_error_" in line
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
@@ -405,8 +404,8 @@ def test_inference_with_checkpoint_of_another_architecture(bundle_root, tmp_path
         lines[-1],
     ), lines[-1]
     log = (out / "error.log").read_text()
-    assert "Traceback" in log and "scripts.input_checks.InputError: checkpoint" in log  # and MONAI's wrapping error
-    assert "RuntimeError: Failed to instantiate component 'scripts.input_checks.CheckedCheckpointLoader'" in log
+    assert "Traceback" in log and "scripts.checks.InputError: checkpoint" in log  # and MONAI's wrapping error
+    assert "RuntimeError: Failed to instantiate component 'scripts.checks.CheckedCheckpointLoader'" in log
     assert not list(out.glob("*.nii.gz"))
 
 
@@ -436,7 +435,7 @@ def test_training_with_label_value_outside_the_format(bundle_root, tmp_path, che
 
 
 def test_inference_with_missing_dataset_folder(bundle_root, tmp_path):
-    """An error of scripts.datasets, raised while MONAI evaluates the config, reaches the user as one line."""
+    """An error of scripts.data.datasets, raised while MONAI evaluates the config, reaches the user as one line."""
     torch.save(_tiny().state_dict(), tmp_path / "small.pt")
     lines = _bundle_fails(
         bundle_root, "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(tmp_path / "nowhere"),

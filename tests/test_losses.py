@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scripts.datasets import IGNORE_LABEL
+from scripts.data.datasets import IGNORE_LABEL
 from scripts.losses import (
     DiscriminatorLoss,
     GeneratorLoss,

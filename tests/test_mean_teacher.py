@@ -1,4 +1,4 @@
-"""The mean-teacher baseline (scripts.consistency): one step on tiny tensors, the EMA teacher, the ramp-up, and an
+"""The mean-teacher baseline (scripts.engines.mean_teacher): one step on tiny tensors, the EMA teacher, the ramp-up, and an
 end-to-end run of configs/mean_teacher.yaml on tiny phantom data."""
 
 import math
@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scripts.checkpoint import LastCheckpoint, resume
-from scripts.consistency import MeanTeacherTrainer
+from scripts.engines.mean_teacher import MeanTeacherTrainer
 from scripts.losses import DiscriminatorLoss
 from scripts.networks import Segmenter
 

@@ -20,7 +20,7 @@ import torch
 from monai.bundle import ConfigParser, run
 from monai.transforms import Compose, LoadImaged, SaveImaged
 
-from scripts.input_checks import InputError
+from scripts.checks import InputError
 from scripts.networks import Segmenter
 
 from oracle import ORACLE_NET, write_oracle_checkpoint
@@ -170,7 +170,7 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
 
 
 def test_dataset_folder_becomes_monailabel_studies(tmp_path):
-    from scripts.phantom import write_iseg
+    from scripts.data.phantom import write_iseg
     from tools.monailabel_studies import write_studies
 
     write_iseg(tmp_path / "iseg", num_labeled=1, num_unlabeled=1, shape=(24, 32, 40), seed=1)
@@ -191,7 +191,7 @@ def test_dataset_folder_becomes_monailabel_studies(tmp_path):
 def test_excluded_structures_stay_excluded_in_studies(tmp_path):
     """MRBrainS13 cerebellum and brainstem (codes 7, 8), left out of training and metrics, become 255 in the studies'
     labels, which training on studies leaves out of the loss too; tissues become 0..3."""
-    from scripts.phantom import write_mrbrains13
+    from scripts.data.phantom import write_mrbrains13
     from tools.monailabel_studies import write_studies
 
     write_mrbrains13(tmp_path / "mrb", num_labeled=1, num_unlabeled=0, shape=(96, 96, 32), seed=1)

@@ -1,4 +1,4 @@
-"""The intensity normalisation (scripts.normalisation): a background anchor and percentiles over the foreground."""
+"""The intensity normalisation (scripts.transforms): a background anchor and percentiles over the foreground."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import CropForeground, ScaleIntensityRangePercentiles
 
-from scripts.normalisation import ForegroundPercentileScaled, foreground
-from scripts.phantom import make_subject
+from scripts.data.phantom import make_subject
+from scripts.transforms import ForegroundPercentileScaled, foreground
 
 
 def _scale(image):

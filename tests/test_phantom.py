@@ -1,4 +1,4 @@
-"""Tests of the procedural brain phantom generator ``scripts.phantom`` (small volumes, fast on 2 CPU cores)."""
+"""Tests of the procedural brain phantom generator ``scripts.data.phantom`` (small volumes, fast on 2 CPU cores)."""
 
 import hashlib
 import json
@@ -12,7 +12,7 @@ import pytest
 from monai.transforms import LoadImage
 from scipy import ndimage
 
-import scripts.phantom as phantom
+import scripts.data.phantom as phantom
 
 SMALL = (48, 56, 64)
 ADULT_SMALL, ADULT_SPACING = (64, 64, 20), (0.958, 0.958, 3.0)
@@ -211,7 +211,7 @@ def test_write_dataset_refuses_a_foreign_folder(tmp_path):
 
 def test_cli_writes_iseg_files(bundle_root, tmp_path):
     out_dir = tmp_path / "cli"
-    command = [sys.executable, "-m", "scripts.phantom", "iseg", "--out_dir", str(out_dir),
+    command = [sys.executable, "-m", "scripts.data.phantom", "iseg", "--out_dir", str(out_dir),
                "--num_labeled", "1", "--num_unlabeled", "1", "--shape", "[32,40,48]"]
     subprocess.run(command, cwd=bundle_root, check=True, capture_output=True)
     assert (out_dir / "subject-1-label.img").is_file() and (out_dir / "subject-2-T2.hdr").is_file()
@@ -425,7 +425,7 @@ def test_adult_anatomy_folded_with_wider_csf_spaces_than_infants():
 def test_hindbrain_is_ignored_in_mrbrains13_and_tissue_in_the_iseg_layout(tmp_path):
     from monai.transforms import MapLabelValue
 
-    from scripts.datasets import IGNORE_LABEL, label_mapping
+    from scripts.data.datasets import IGNORE_LABEL, label_mapping
 
     phantom.write_mrbrains13(tmp_path / "mrbrains13", **{**MRBRAINS_ARGS, "num_unlabeled": 0}, folded=True)
     training = np.asarray(nib.load(tmp_path / "mrbrains13/TrainingData/1/LabelsForTraining.nii").dataobj)
@@ -482,7 +482,7 @@ def test_heads_figure(tmp_path):
 
 def test_cli_writes_heads_with_the_new_options(bundle_root, tmp_path):
     out_dir = tmp_path / "cli"
-    command = [sys.executable, "-m", "scripts.phantom", "iseg", "--out_dir", str(out_dir), "--num_labeled", "1",
+    command = [sys.executable, "-m", "scripts.data.phantom", "iseg", "--out_dir", str(out_dir), "--num_labeled", "1",
                "--num_unlabeled", "0", "--shape", "[40,48,56]", "--head", "--randomize", "--folded",
                "--preset", "adult"]
     subprocess.run(command, cwd=bundle_root, check=True, capture_output=True)

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datasets import label_mapping
-from scripts.phantom import write_iseg
+from scripts.data.datasets import label_mapping
+from scripts.data.phantom import write_iseg
 from tools.benchmark_plain_unet import preprocessing, run
 
 

@@ -14,14 +14,14 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from scripts.input_checks import MissingInputError
+from scripts.checks import MissingInputError
+from scripts.data.phantom import _write_iseg_subject, make_subject
 from scripts.networks import Segmenter
-from scripts.phantom import _write_iseg_subject, make_subject
 
 pytestmark = pytest.mark.slow
 
 # How each shipped weights file was trained (docs/shipped_weights.md): the phantom dataset of its training
-# command (scripts.phantom.write_iseg arguments), its split (the run's split.json) and its eval_metrics' key prefix.
+# command (scripts.data.phantom.write_iseg arguments), its split (the run's split.json) and its eval_metrics' key prefix.
 SHIPPED = {
     "model.pt": {
         "modalities": ["t1", "t2"], "split": "pretrained_split.json", "prefix": "test_",

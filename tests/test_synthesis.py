@@ -12,8 +12,8 @@ import torch
 from monai.bundle import run
 from monai.inferers import SlidingWindowInferer
 
+from scripts.data.phantom import write_iseg
 from scripts.networks import MRIGANGenerator, Segmenter, class_intensity_statistics, tissue_onehot
-from scripts.phantom import write_iseg
 from scripts.synthesis import SynthesisInputs, SynthesisNetwork, subject_id, synthesis_pairs
 
 GENERATOR = {"features": (8, 16), "code_dim": 4, "noise_dim": 2}  # small, so CPU runs take seconds

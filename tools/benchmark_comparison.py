@@ -81,7 +81,7 @@ PROFILES = {
     # 3000 iterations of the default configuration (network, patches, batches)
     "gpu": {"iterations": 3000, "epoch_length": 100, "val_interval": 5},
 }  # fmt: skip
-# the phantom cohort (scripts.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
+# the phantom cohort (scripts.data.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
 PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
 COMMON = {"num_val": 2, "num_test": 4, "split_seed": 0, "num_workers": 2}
 WORK_DIR, DOCS_DIR = str(BUNDLE_ROOT / "runs" / "comparison"), str(BUNDLE_ROOT / "docs")

@@ -32,7 +32,7 @@ def _write_volume(folder: Path, shape: tuple[int, ...], seed: int) -> None:
     import nibabel as nib
     import numpy as np
 
-    from scripts.phantom import make_subject
+    from scripts.data.phantom import make_subject
 
     subject = make_subject(shape=tuple(shape), preset="infant", seed=seed)
     for name, image in subject["images"].items():

@@ -5,7 +5,7 @@ Run from the repository root::
     python -m tools.benchmark_memory run    # both cases below; writes bundle/docs/benchmarks/memory_cpu.{md,json}
     python -m tools.benchmark_memory run --settings "{'window 128': {'roi_size': [160, 192, 128]}}"
 
-Each case writes an int16 T1+T2 phantom head (``scripts.phantom``) of 512x512x200 voxels with the case's spacing,
+Each case writes an int16 T1+T2 phantom head (``scripts.data.phantom``) of 512x512x200 voxels with the case's spacing,
 then runs the user's command, ``python -m monai.bundle run inference --config_file configs/inference.yaml``, in a
 subprocess with the default network (random weights: memory and time do not depend on them), once per setting (a
 set of config overrides). The peak resident set size of that subprocess comes from ``os.wait4`` (the kernel's
@@ -59,7 +59,7 @@ def write_volume(folder: Path, spacing, seed: int = 0, shape=SHAPE):
     import nibabel as nib
     import numpy as np
 
-    from scripts.phantom import make_subject
+    from scripts.data.phantom import make_subject
 
     subject = make_subject(shape=tuple(shape), preset="infant", seed=seed, spacing=tuple(spacing))
     affine = np.diag([*spacing, 1.0])

@@ -14,7 +14,7 @@ choices matter. Run from the repository root:
     python -m tools.benchmark_plain_unet run --minutes 15 --num_labeled 2
     python -m tools.benchmark_plain_unet run --minutes 15 --norm percentile --sampling random --mask_output False
 
-The split is ``scripts.datasets.build_datalist``'s (the phantom data of ``configs/train.yaml`` by default); training
+The split is ``scripts.data.datasets.build_datalist``'s (the phantom data of ``configs/train.yaml`` by default); training
 uses ``training``, the score ``testing``. The result (JSON) goes to ``out``, and one summary line is printed.
 """
 
@@ -52,7 +52,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple_rep, set_determinism
 
 from scripts.atomic import write_json
-from scripts.datasets import IGNORE_LABEL, build_datalist, label_mapping
+from scripts.data.datasets import IGNORE_LABEL, build_datalist, label_mapping
 from scripts.evaluation import TISSUES
 from scripts.transforms import MaskIgnoredd
 from tools import BUNDLE_ROOT
@@ -70,7 +70,7 @@ def brain_mask(image: torch.Tensor) -> torch.Tensor:
 def preprocessing(modalities, norm: str = "zscore_brain", label_map=None) -> Compose:
     """The deterministic chain: load, stack the modalities as ``image``, RAS, map labels, ``brain`` mask, normalise.
 
-    ``label_map``: ``(orig, target)`` label values (``scripts.datasets.label_mapping``), or None for no ``label``.
+    ``label_map``: ``(orig, target)`` label values (``scripts.data.datasets.label_mapping``), or None for no ``label``.
     ``norm``: "zscore_brain" (per channel over its non-zero voxels, 0 outside) or "percentile" (0 and 99.5th
     percentile of the whole box to -1 and 1, clipped). The brain mask is taken before normalising.
     """
@@ -128,7 +128,7 @@ def run(
     """Train the plain UNet on ``training`` for ``minutes`` or ``iterations`` (whichever ends first), score ``testing``.
 
     Writes to ``out`` (JSON) per tissue Dice (mean over test subjects), per subject Dice, the training wall
-    time, the iterations done and all options. ``phantom``: arguments of ``scripts.phantom.write_dataset`` (default:
+    time, the iterations done and all options. ``phantom``: arguments of ``scripts.data.phantom.write_dataset`` (default:
     those of ``configs/train.yaml``). ``channels``: UNet features per level (strides 2). Ignored voxels
     (``IGNORE_LABEL``, e.g. MRBrainS cerebellum) are trained as background and left out of the Dice.
     """

@@ -10,7 +10,7 @@ The run trains ``warmup + iterations`` iterations of the config on the phantom d
 the main job does), with checkpoints and logs in a temporary folder, then validates once. Ignite's
 ``BasicTimeProfiler`` splits each iteration into waiting for the labelled batch, the process function and the
 event handlers; ``torch.profiler`` splits the process function into the trainer's labelled ranges
-(``record_function`` in bundle/scripts/gan_trainer.py) and lists the costliest operators. The first ``warmup``
+(``record_function`` in bundle/scripts/engines/gan.py) and lists the costliest operators. The first ``warmup``
 iterations (worker start, allocator warm-up) are left out of every figure. ``gan_ramp`` is forced on so that a
 GAN config is timed with all its terms, as after its warm-up.
 """

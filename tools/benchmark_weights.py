@@ -3,7 +3,7 @@ brains, skull-stripped with the phantom's contrast, or domain-randomised (tissue
 order, resolution, thick slices, bias, noise, gamma), skull-stripped or full heads in noisy air with their brain mask.
 
 The sets are written with phantom seed 100 (the shipped weights were trained on seeds 1 and 2) by
-``scripts.phantom.write_dataset`` in the iSEG layout, 8 labelled subjects each. Each subject goes through
+``scripts.data.phantom.write_dataset`` in the iSEG layout, 8 labelled subjects each. Each subject goes through
 ``run inference`` (configs/inference.yaml) as a datalist entry; a full head comes with its brain mask (the phantom's
 brain outline, what a skull-stripping tool gives), as ``--suffixes``/``mask`` users pass one. The written label maps
 are scored against the labels with MONAI's ``DiceMetric``. Run from the repository root:
@@ -32,9 +32,9 @@ from monai.networks.utils import one_hot
 from monai.transforms import MapLabelValue
 
 from scripts.atomic import write_json
-from scripts.datasets import label_mapping
+from scripts.data.datasets import label_mapping
+from scripts.data.phantom import write_dataset
 from scripts.evaluation import TISSUES
-from scripts.phantom import write_dataset
 from tools import BUNDLE_ROOT, subprocess_env
 
 # grids at 1 mm: the iSEG one for infants; for adults one that gives a skull-stripped brain an adult volume (about

@@ -1,4 +1,4 @@
-"""PNG of a phantom infant cohort (``scripts.phantom``, ``cohort=True``): middle axial T1, T2 and label slices of a
+"""PNG of a phantom infant cohort (``scripts.data.phantom``, ``cohort=True``): middle axial T1, T2 and label slices of a
 few subjects, one column each, titled with their age parameter; and (``heads``) PNG of phantom heads
 (``head=True``, with and without ``randomize``, infant and adult). Run from the repository root:
 
@@ -15,11 +15,11 @@ import fire
 import numpy as np
 
 from scripts.atomic import atomic_path
-from scripts.phantom import _subject_seed, make_subject
+from scripts.data.phantom import _subject_seed, make_subject
 from tools import BUNDLE_ROOT
 
 LABEL_COLOURS = ("black", "#3b8bff", "#2ca02c", "#ffd92f")  # background, CSF, GM, WM
-# head tissues after the labels (``scripts.phantom.HEAD_TISSUES``): skin/muscle, fat, bone, marrow, eye, spinal
+# head tissues after the labels (``scripts.data.phantom.HEAD_TISSUES``): skin/muscle, fat, bone, marrow, eye, spinal
 # cord, spinal CSF
 HEAD_COLOURS = ("#c97b63", "#f2d7a6", "#ffffff", "#d94f70", "#7fd3ff", "#b8a000", "#1f5fbf")
 # (title, preset, voxel size in mm, options) of the columns of ``heads``: adults on the same grid with larger voxels,

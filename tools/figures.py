@@ -28,7 +28,7 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from scripts.atomic import atomic_path
-from scripts.datasets import label_mapping
+from scripts.data.datasets import label_mapping
 from scripts.evaluation import TISSUES
 from scripts.networks import MRIGANGenerator
 from tools import BUNDLE_ROOT

@@ -1,6 +1,6 @@
 """MONAI Label studies from a dataset folder: one 4D NIfTI per subject whose 4th axis holds the modalities in the order
 of the configs' ``modalities``, and for labelled subjects its label as the class indices of ``metadata.json``, the
-form ``scripts.monailabel_data`` reads (bundle/docs/monailabel.md). Run from the repository root::
+form ``scripts.data.studies`` reads (bundle/docs/monailabel.md). Run from the repository root::
 
     python -m tools.monailabel_studies studies --dataset_dir /data/iSeg-2017-Training --dataset_format iseg \\
         --studies_dir /data/mri_gan_studies
@@ -16,9 +16,8 @@ import fire
 import nibabel as nib
 import numpy as np
 
-from scripts.cli import as_bool
-from scripts.datasets import find_subjects, label_mapping
-from scripts.input_checks import InputError, Volume, check_same_grid
+from scripts.checks import InputError, Volume, as_bool, check_same_grid
+from scripts.data.datasets import find_subjects, label_mapping
 
 
 def stack_modalities(output, *inputs) -> str:

@@ -13,7 +13,7 @@ from ignite.handlers import Checkpoint
 from torch import nn
 
 from .atomic import atomic_path
-from .input_checks import InputError, MissingInputError
+from .checks import InputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 

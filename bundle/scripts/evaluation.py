@@ -16,7 +16,7 @@ from monai.data.utils import affine_to_spacing
 from monai.handlers import IgniteMetricHandler
 
 from .atomic import write_text
-from .datasets import load_datalist
+from .data.datasets import load_datalist
 
 TISSUES = ("CSF", "GM", "WM")
 METRICS = {"val_dice": "Dice", "val_hd95": "HD95 (mm)", "val_asd": "ASD (mm)"}

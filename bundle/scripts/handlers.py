@@ -1,4 +1,5 @@
-"""Ignite handlers and output transforms the bundle adds to MONAI's."""
+"""Ignite handlers and output transforms the bundle adds to MONAI's, and the summary printed at the end of a run
+(``print_validation_dice``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import math
 from collections import deque
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import ValidationHandler
 from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
+
+from .evaluation import TISSUES
 
 
 def loss_terms(output) -> dict[str, float]:
@@ -104,6 +108,29 @@ class BestValidation:
         self.validator.state.best_metric = state_dict["best_metric"]
         self.validator.state.best_metric_epoch = state_dict["best_metric_epoch"]
         self.iteration, self.metrics = state_dict["iteration"], dict(state_dict["metrics"])
+
+
+def print_validation_dice(best: BestValidation, key_metric: str = "val_mean_dice") -> dict[str, float]:
+    """Print the validation Dice per tissue of the best model (the saved ``model.pt``), with the epoch and iteration
+    it came from; return the per-tissue values.
+
+    In multi-process training only rank 0 prints (the metrics are gathered across processes)."""
+    dice = {t: best.metrics[f"val_dice_{t}"] for t in TISSUES if f"val_dice_{t}" in best.metrics}
+    if dist.is_initialized() and dist.get_rank() > 0:
+        return dice
+    if not dice:
+        print("No validation was run: no Dice to report.")
+        return dice
+    print(
+        f"Validation Dice per tissue (best model, epoch {best.epoch}, iteration {best.iteration}): "
+        + ", ".join(f"{t} {v:.4f}" for t, v in dice.items())
+    )
+    last = best.validator.state
+    print(
+        f"Mean Dice {best.metrics.get(key_metric, float('nan')):.4f} "
+        f"(last validation, epoch {last.epoch}: {last.metrics.get(key_metric, float('nan')):.4f})"
+    )
+    return dice
 
 
 class GanImageHandler:

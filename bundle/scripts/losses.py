@@ -8,7 +8,7 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from .datasets import IGNORE_LABEL
+from .data.datasets import IGNORE_LABEL
 from .networks.generators import class_intensity_statistics, tissue_boundaries, tissue_onehot
 
 

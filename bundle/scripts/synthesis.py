@@ -21,11 +21,9 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import MapTransform, ResizeWithPadOrCrop
 from torch import Tensor, nn
 
-from .cli import as_bool
-from .input_checks import InputError, MissingInputError, check_weights
+from .checks import InputError, MissingInputError, OutputExistsError, OutputInInputFolderError, as_bool, check_weights
 from .networks.generators import class_intensity_statistics, tissue_onehot
 from .transforms import tissue_clusters
-from .outputs import OutputExistsError, OutputInInputFolderError
 
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
 _EXTENSIONS = (".nii.gz", ".nii", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".gz")

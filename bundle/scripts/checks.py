@@ -7,6 +7,9 @@ which ``scripts.transforms.CheckLabelCodesd`` runs on every label map loaded); `
 ``CheckedCheckpointLoader`` check a weights file against the network. ``install_excepthook`` (first item of the
 configs' ``initialize`` lists) turns an uncaught ``InputError`` into one ``ERROR: ...`` line on stderr and writes
 the full traceback to a log file.
+
+``check_outputs`` refuses, before any long work starts, to write over existing outputs (``OutputExistsError``,
+unless ``--overwrite true``) or into a folder that holds inputs; ``as_bool`` reads a flag of the command line.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-# torch, MONAI and nibabel are imported where used: scripts.datasets imports this module for InputError alone.
+# torch, MONAI and nibabel are imported where used: scripts.data.datasets imports this module for InputError alone.
 
 NIBABEL_EXTS = (".nii", ".nii.gz", ".hdr", ".img", ".hdr.gz", ".img.gz")
 GRID_TOLERANCE = 0.01  # affines of one subject may differ by this fraction of the smallest voxel size
@@ -71,7 +74,7 @@ def check_datalist(
     (not truncated or corrupt), 3D (4D with one volume per modality file), free of NaN and infinity, and not all
     zero; the files of a subject, its brain ``mask`` included, must share one voxel grid (shape, and affines equal
     up to ``GRID_TOLERANCE`` of a voxel). Labels are checked only with ``label_codes`` (e.g.
-    ``scripts.datasets.label_mapping(format)[0]``; ``label_set_name`` names that set in messages): their values must
+    ``scripts.data.datasets.label_mapping(format)[0]``; ``label_set_name`` names that set in messages): their values must
     be in it. Without it ``label`` is ignored (inference).
     NIfTI and Analyze files are read with nibabel, others with MONAI's ``LoadImage``; ``num_workers`` threads read
     them (MONAI's convention: ``None`` is ``os.cpu_count()``, less than 1 is 1).
@@ -274,6 +277,63 @@ class CheckedCheckpointLoader:
 
     def attach(self, engine) -> None:
         self.loader.attach(engine)
+
+
+# ------------------------------------------------------------------------------------------------------ outputs
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """An output that is already there and would be overwritten (also a ``FileExistsError``)."""
+
+
+class OutputInInputFolderError(InputError):
+    """``output_dir`` holds input files: nothing goes there, not even the error log."""
+
+    log_in_place = False
+
+
+def check_outputs(
+    subjects: Sequence[dict], output_dir, postfixes: Sequence[str], ext: str, overwrite=False, files: Sequence[str] = ()
+) -> None:
+    """Refuse to write ``<output_dir>/<subject>_<postfix><ext>`` and ``files`` over existing files or into an input folder.
+
+    ``subjects``: datalist entries with a ``subject`` id and input file paths. ``files``: other names in
+    ``output_dir``, one per run (``tissue_volumes.csv``) or, with ``{subject}`` in the name, one per subject
+    (``{subject}_overlay.png``). Raises ``InputError`` when ``output_dir`` holds one of the input files (outputs
+    never go beside the inputs), and ``OutputExistsError`` (a ``FileExistsError``) naming the first existing output
+    unless ``overwrite``.
+    """
+    out_dir = Path(output_dir).expanduser().resolve()
+    input_dirs = {Path(v).expanduser().resolve().parent for s in subjects for k, v in s.items() if k != "subject"}
+    if out_dir in input_dirs:
+        raise OutputInInputFolderError(f"output_dir {out_dir} holds input files: choose another --output_dir (inputs are never written)")
+    if as_bool(overwrite):
+        return
+    existing = [out_dir / f"{s['subject']}_{p}{ext}" for s in subjects for p in postfixes]
+    for name in files:
+        existing += [out_dir / name.format(subject=s["subject"]) for s in subjects] if "{subject}" in name else [out_dir / name]
+    existing = [p for p in existing if p.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise OutputExistsError(f"{existing[0]} already exists{more}; pass --overwrite true to replace, or another --output_dir")
+
+
+# ------------------------------------------------------------------------------------------- command-line flags
+
+
+def as_bool(value) -> bool:
+    """A flag given on the ``monai.bundle`` command line, as a bool. ``fire`` passes ``--flag false`` as the string
+    ``'false'``, which Python counts as true, so ``true/false/yes/no/1/0`` strings (any case, surrounding spaces
+    ignored) are parsed; anything else is an error. Other values count as Python counts them.
+
+    Not ``monai.utils.str2bool``: that one raises on the ints and the ``None`` that ``fire`` makes of ``--flag 1``,
+    ``--flag 0`` and ``--flag None``, does not strip spaces, and takes ``t``/``f``/``y``/``n`` as flags too."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word not in ("true", "false", "yes", "no", "1", "0"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return word in ("true", "yes", "1")
+    return bool(value)
 
 
 # ------------------------------------------------------------------------------------------------ error report

@@ -42,13 +42,13 @@ records an option only when it is set):
 
 CLI (from the bundle root)::
 
-    python -m scripts.phantom iseg --out_dir data/iseg --num_labeled 2 --num_unlabeled 1 --shape "[64,64,64]"
-    python -m scripts.phantom iseg --out_dir data/iseg_cohort --num_labeled 2 --num_unlabeled 6 --cohort
-    python -m scripts.phantom mrbrains13 --out_dir data/mrbrains13
-    python -m scripts.phantom subject --out_dir /tmp/subject --preset adult --seed 3
-    python -m scripts.phantom iseg --out_dir data/iseg_heads --head --randomize --folded
-    python -m scripts.phantom iseg --out_dir data/iseg_adult --preset adult --head --randomize
-    python -m scripts.phantom mrbrains13 --out_dir data/mrbrains13_heads --head --folded
+    python -m scripts.data.phantom iseg --out_dir data/iseg --num_labeled 2 --num_unlabeled 1 --shape "[64,64,64]"
+    python -m scripts.data.phantom iseg --out_dir data/iseg_cohort --num_labeled 2 --num_unlabeled 6 --cohort
+    python -m scripts.data.phantom mrbrains13 --out_dir data/mrbrains13
+    python -m scripts.data.phantom subject --out_dir /tmp/subject --preset adult --seed 3
+    python -m scripts.data.phantom iseg --out_dir data/iseg_heads --head --randomize --folded
+    python -m scripts.data.phantom iseg --out_dir data/iseg_adult --preset adult --head --randomize
+    python -m scripts.data.phantom mrbrains13 --out_dir data/mrbrains13_heads --head --folded
 """
 
 import json
@@ -63,7 +63,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .atomic import write_json
+from ..atomic import write_json
 
 TISSUES = ("background", "CSF", "GM", "WM")
 PRESETS = {"infant": ("t1", "t2"), "adult": ("t1", "t1_ir", "flair")}
@@ -113,6 +113,9 @@ _BRAINSTEM_ELLIPSOID = ((0.0, -0.1, -0.6), (0.14, 0.16, 0.5))
 
 _COARSE_MM = 2.0  # spacing of the coarse grid that carries smooth fields
 _MARKER = "phantom.json"
+# the marker's "generator": the module's name before it moved into scripts.data, kept so that datasets written
+# before the move are still recognised (and not refused as foreign folders)
+_GENERATOR = "scripts.phantom"
 _STAGING = ".phantom-staging"
 _FORMAT_VERSION = 1
 
@@ -857,7 +860,7 @@ def _write_once(out_dir, layout, arguments, write_files):
     """
     out_dir = Path(out_dir)
     marker_path = out_dir / _MARKER
-    request = {"generator": "scripts.phantom", "version": _FORMAT_VERSION, "layout": layout, "arguments": arguments}
+    request = {"generator": _GENERATOR, "version": _FORMAT_VERSION, "layout": layout, "arguments": arguments}
     previous = _read_marker(marker_path)
     if previous is None:
         if out_dir.exists() and any(out_dir.iterdir()):
@@ -889,7 +892,7 @@ def _read_marker(path):
         marker = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return marker if isinstance(marker, dict) and marker.get("generator") == "scripts.phantom" else None
+    return marker if isinstance(marker, dict) and marker.get("generator") == _GENERATOR else None
 
 
 def _is_complete(out_dir, marker, request):

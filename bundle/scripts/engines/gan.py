@@ -15,9 +15,9 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.profiler import record_function
 
-from .checkpoint import unwrap
-from .datasets import GM, WM
-from .networks.generators import class_intensity_statistics, tissue_onehot
+from ..checkpoint import unwrap
+from ..data.datasets import GM, WM
+from ..networks.generators import class_intensity_statistics, tissue_onehot
 
 logger = logging.getLogger(__name__)
 

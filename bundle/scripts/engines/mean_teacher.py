@@ -12,8 +12,8 @@ from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import unwrap
-from .gan_trainer import SemiSupervisedGanTrainer
+from ..checkpoint import unwrap
+from .gan import SemiSupervisedGanTrainer
 
 
 def sigmoid_rampup(iteration: float, rampup_iterations: float) -> float:

@@ -1,8 +1,8 @@
-"""Command-line flag parsing: fire passes ``--flag false`` as a string."""
+"""Command-line flag parsing (``scripts.checks.as_bool``): fire passes ``--flag false`` as a string."""
 
 import pytest
 
-from scripts.cli import as_bool
+from scripts.checks import as_bool
 
 
 @pytest.mark.parametrize("value", ["true", "True", " YES ", "1", True, 1])

@@ -1,4 +1,6 @@
-"""Multi-modal subjects the way MONAI Label hands them to a bundle: one multi-channel ``image`` file per study.
+"""MONAI Label studies: multi-modal subjects as MONAI Label hands them to a bundle, one multi-channel ``image``
+file per study. Every run goes through this module, whichever form its subjects take: the configs pick the
+label format and the unlabelled data with it, and inference checks and resamples ``image`` with its transforms.
 
 MONAI Label gives inference one ``image`` path per study and training ``{"image": path, "label": path}`` pairs of
 its labelled studies. Here that image is a 4D NIfTI whose 4th axis holds the modalities in the order of the configs'
@@ -15,7 +17,7 @@ from pathlib import Path
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Spacingd
 
-from .input_checks import InputError
+from ..checks import InputError
 
 IMAGE_KEY = "image"
 _EXTENSIONS = re.compile(r"(\.nii\.gz|\.nii|\.hdr|\.img|\.nrrd|\.mha|\.mhd)$", re.IGNORECASE)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
-from .input_checks import InputError, MissingInputError
+from ..atomic import write_json
+from ..checks import InputError, MissingInputError
 
 IGNORE_LABEL = 255
 CSF, GM, WM = 1, 2, 3  # class indices of the tissues (0: background)
@@ -148,7 +148,7 @@ def build_datalist(
     """Find the subjects of ``dataset_dir`` and split them (see ``find_subjects`` and ``split_subjects``).
 
     ``phantom``: first write (idempotently) a seeded phantom dataset in the iSEG layout into ``dataset_dir``,
-    with ``phantom`` as keyword arguments of ``scripts.phantom.write_dataset``, then read it as ``iseg``.
+    with ``phantom`` as keyword arguments of ``scripts.data.phantom.write_dataset``, then read it as ``iseg``.
     ``datalist``: a split with a non-empty ``validation`` list is kept as is (``num_labeled >= 0`` keeps the first
     ``num_labeled`` training entries); otherwise its ``training`` entries are split and its ``testing`` and
     ``unlabeled`` entries added. ``num_test``: see ``split_subjects``. ``split_file``: also write the split there as a MONAI datalist JSON (feed it back
@@ -157,7 +157,7 @@ def build_datalist(
     fmt = _check_format(dataset_format)
     modalities = _check_modalities(fmt, modalities)
     if fmt == "phantom":
-        from scripts.phantom import write_dataset
+        from .phantom import write_dataset
 
         write_dataset(dataset_dir, layout="iseg", **(phantom or {}))
         fmt = "iseg"
