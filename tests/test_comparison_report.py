@@ -22,10 +22,12 @@ def test_mean_and_spread_over_seeds_by_hand():
     assert [(r["num_labeled"], r["variant"]) for r in rows] == [(2, "supervised"), (2, "mri_gan"), (8, "supervised")]
     gan = rows[1]
     assert gan["seeds"] == [0, 1] and math.isclose(gan["minutes"], 1.5)
-    assert math.isclose(gan["dice_mean"]["CSF"], 0.7) and math.isclose(gan["dice_std"]["CSF"], 0.1)
+    # sample sd (ddof 1) of 0.8 and 0.6: sqrt((0.1^2 + 0.1^2) / 1) = 0.1 * sqrt(2)
+    assert math.isclose(gan["dice_mean"]["CSF"], 0.7) and math.isclose(gan["dice_std"]["CSF"], 0.1 * math.sqrt(2))
     assert math.isclose(gan["dice_std"]["GM"], 0.0, abs_tol=1e-12)
-    # per-seed means over tissues: 0.8 and 0.7 -> 0.75 +- 0.05
-    assert math.isclose(gan["mean"], 0.75) and math.isclose(gan["mean_std"], 0.05)
+    # per-seed means over tissues: 0.8 and 0.7 -> 0.75 +- 0.05 * sqrt(2)
+    assert math.isclose(gan["mean"], 0.75) and math.isclose(gan["mean_std"], 0.05 * math.sqrt(2))
+    assert rows[0]["dice_std"]["CSF"] == 0.0  # one seed: no spread, not NaN
 
 
 def test_transfer_figure(tmp_path):

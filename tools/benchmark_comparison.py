@@ -178,7 +178,8 @@ def best_iteration(train_log: Path, epoch_length: int) -> int | None:
 
 
 def summarise(results: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of each (labelled, variant): Dice per tissue, their mean, time."""
+    """Mean and sample standard deviation (ddof 1; 0 for a single seed) over seeds of each (labelled, variant): Dice
+    per tissue, their mean, time."""
     order = {v: i for i, v in enumerate(VARIANTS)}
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -186,10 +187,11 @@ def summarise(results: list[dict]) -> list[dict]:
     rows = []
     for (n, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         dice = np.array([[r["dice"][t] for t in TISSUES] for r in runs])
+        ddof = 1 if len(runs) > 1 else 0
         rows.append({
             "num_labeled": n, "variant": variant, "seeds": sorted(r["seed"] for r in runs),
-            "dice_mean": dict(zip(TISSUES, dice.mean(0))), "dice_std": dict(zip(TISSUES, dice.std(0))),
-            "mean": float(dice.mean(1).mean()), "mean_std": float(dice.mean(1).std()),
+            "dice_mean": dict(zip(TISSUES, dice.mean(0))), "dice_std": dict(zip(TISSUES, dice.std(0, ddof=ddof))),
+            "mean": float(dice.mean(1).mean()), "mean_std": float(dice.mean(1).std(ddof=ddof)),
             "minutes": float(np.mean([r["train_seconds"] for r in runs]) / 60),
         })  # fmt: skip
     return rows
@@ -241,9 +243,10 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
         ax.set_xlabel("labelled training subjects")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test Dice (mean ± sd over seeds)")
-    axes[-1].legend(loc="lower right", fontsize=7)
+    handles, names = axes[0].get_legend_handles_labels()  # below the panels, clear of every curve
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7)
     fig.suptitle(f"Phantom cohort, test Dice, {profile} profile")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * -(-len(names) // 4) + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
