@@ -205,7 +205,7 @@ def test_permuted_fake_maps_exchange_tissues_and_keep_background():
     """Off-manifold fakes: the generator renders each map with its tissues (1..K-1) exchanged, background kept."""
     trainer, _, _ = _trainer("mri", fake_maps="permuted")
     seen = []
-    trainer._generate = lambda maps, unlabeled: (seen.append(maps) or torch.zeros(maps.shape[0], 2, *PATCH), None)
+    trainer._generate = lambda maps, unlabeled, stats: (seen.append(maps) or torch.zeros(maps.shape[0], 2, *PATCH), None)
     target = torch.tensor([0, 1, 2, 3, 255]).repeat(6, 1).view(6, 1, 5, 1, 1)
     trainer._fake_class_patches(torch.ones(6, 2, 5, 1, 1), target, torch.zeros(1, 2, 5, 1, 1))
     maps = seen[0].flatten(1)
@@ -291,7 +291,10 @@ def test_source_statistics_come_from_the_segmenter_pooled_per_subject_and_known_
     batch, unlabeled = _batches(1)[0], _batches(1, with_label=False, seed=3)[0]["image"]  # one subject, 2 patches
     seen = []
     gen.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["source_stats"]), with_kwargs=True)
-    trainer._generate(batch["label"], unlabeled, (batch["image"], batch["label"]))
+    stats = trainer._source_statistics(unlabeled, 2)
+    trainer._generate(batch["label"], unlabeled, (batch["image"], batch["label"]), stats)
+    with pytest.raises(ValueError, match="statistics"):  # the statistics are computed once, by the caller
+        trainer._generate(batch["label"], unlabeled)
     with frozen(net), torch.no_grad():
         probs = torch.softmax(net(unlabeled), dim=1)
     both = class_intensity_statistics(unlabeled.transpose(0, 1).flatten(1, 2)[None], probs.transpose(0, 1).flatten(1, 2)[None])
@@ -359,12 +362,15 @@ def test_source_statistics_from_clusters_use_the_unlabelled_batch_map_not_the_se
     trainer.unlabeled_data_loader = [unlabeled]
     calls = []
     net.register_forward_hook(lambda *args: calls.append(1))
-    image = trainer._next_unlabeled(trainer)
-    stats = trainer._source_statistics(image, 2)
+    image, clusters = trainer._next_unlabeled(trainer)
+    assert torch.equal(clusters, unlabeled["clusters"])
+    stats = trainer._source_statistics(image, 2, clusters)
     pooled = class_intensity_statistics(image, tissue_onehot(unlabeled["clusters"]), 2)
     assert not calls and all(torch.equal(a, b) for a, b in zip(stats, pooled))
     trainer.run()
     assert trainer.state.nonfinite_steps == 0
     trainer.unlabeled_data_loader, trainer._unlabeled_iter = [{"image": unlabeled["image"]}], None
+    image, clusters = trainer._next_unlabeled(trainer)
+    assert clusters is None
     with pytest.raises(KeyError, match="TissueClustersd"):
-        trainer._next_unlabeled(trainer)
+        trainer._source_statistics(image, 2, clusters)

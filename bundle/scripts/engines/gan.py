@@ -204,7 +204,6 @@ class SemiSupervisedGanTrainer(Trainer):
         if source_classes not in ("segmenter", "clusters"):
             raise ValueError(f"source_classes must be 'segmenter' or 'clusters', got {source_classes!r}")
         self.source_classes = source_classes
-        self._unlabeled_classes: torch.Tensor | None = None
         self.contrast_swap = float(contrast_swap)
         # float16's narrow range needs loss scaling; bfloat16 has float32's
         scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
@@ -228,9 +227,9 @@ class SemiSupervisedGanTrainer(Trainer):
     def _autocast(self):
         return torch.autocast("cuda", **self.amp_kwargs) if self.amp else nullcontext()
 
-    def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> torch.Tensor:
-        """Next unlabelled image batch, restarting the loader whenever it is exhausted; with ``source_classes:
-        clusters`` its ``clusters`` map is kept for ``_source_statistics``."""
+    def _next_unlabeled(self, engine: SemiSupervisedGanTrainer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(image, clusters)`` of the next unlabelled batch, restarting the loader whenever it is exhausted;
+        ``clusters`` is the batch's ``TissueClustersd`` map (``None`` without one), for ``_source_statistics``."""
         if self._unlabeled_iter is None:
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
         try:
@@ -238,12 +237,8 @@ class SemiSupervisedGanTrainer(Trainer):
         except StopIteration:
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
             batch = next(self._unlabeled_iter)
-        if self.source_classes == "clusters" and getattr(unwrap(self.generator), "source_statistics", False):
-            if "clusters" not in batch:
-                raise KeyError("source_classes 'clusters' needs a 'clusters' map in the unlabelled batches "
-                               "(TissueClustersd)")
-            self._unlabeled_classes = batch["clusters"].to(engine.state.device)
-        return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]
+        clusters = batch["clusters"].to(engine.state.device) if "clusters" in batch else None
+        return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0], clusters
 
     def gan_ramp(self, iteration: int) -> float:
         """Weight factor of the unlabelled, fake and synthetic terms: 0 in the warm-up, then a linear ramp to 1."""
@@ -268,14 +263,15 @@ class SemiSupervisedGanTrainer(Trainer):
         reconstructions: the MRI-GAN renders ``target`` in the appearance of the unlabelled patches (mixing subjects
         across the batch) and, in the same batched pass, ``reconstruct = (image, label)`` patches from themselves
         (``None``: no reconstructions). G's weights do not change before its step, so one pass serves both.
-        ``stats``: ``_source_statistics`` of the sources for a ``source_statistics`` generator (``None``: computed)."""
+        ``stats``: ``_source_statistics`` of the ``target.shape[0]`` sources, needed by a ``source_statistics``
+        generator."""
         g = unwrap(self.generator)
         if not g.conditional:
             noise = torch.randn(target.shape[0], g.noise_dim, device=target.device)
             return self.generator(noise), None, None
         n, sources, maps = target.shape[0], self._sources(unlabeled, target.shape[0]), target
         if g.source_statistics and stats is None:
-            stats = self._source_statistics(unlabeled, n)
+            raise ValueError("a source_statistics generator needs the sources' statistics (_source_statistics)")
         stats = None if stats is None else stats[:2]
         if reconstruct is not None:
             sources, maps = torch.cat([sources, reconstruct[0]]), torch.cat([target, reconstruct[1]])
@@ -285,14 +281,17 @@ class SemiSupervisedGanTrainer(Trainer):
         out, boundary_logits = self.generator(sources, tissue_onehot(maps, self.num_classes), source_stats=stats)
         return out[:n], boundary_logits[:n], out[n:] if reconstruct is not None else None
 
-    def _source_statistics(self, unlabeled: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    def _source_statistics(self, unlabeled: torch.Tensor, n: int, clusters=None) -> tuple[torch.Tensor, ...]:
         """``(mean, std, mass)`` of the tissues of the sources of ``n`` fakes (``source_statistics`` generators): the
-        frozen segmenter's probabilities (or the ``clusters`` classes) weight the voxels, pooled over the
-        ``source_group_size`` patches of each unlabelled subject, so that a tissue missing from one patch still gets
-        its subject's intensity. With ``contrast_swap`` p, each fake's GM and WM statistics are exchanged with
-        probability p."""
+        frozen segmenter's probabilities (or the unlabelled batch's ``clusters`` classes) weight the voxels, pooled
+        over the ``source_group_size`` patches of each unlabelled subject, so that a tissue missing from one patch
+        still gets its subject's intensity. With ``contrast_swap`` p, each fake's GM and WM statistics are exchanged
+        with probability p."""
         if self.source_classes == "clusters":
-            probs = tissue_onehot(self._unlabeled_classes, self.num_classes)
+            if clusters is None:
+                raise KeyError("source_classes 'clusters' needs a 'clusters' map in the unlabelled batches "
+                               "(TissueClustersd)")
+            probs = tissue_onehot(clusters, self.num_classes)
         else:
             with frozen(self.network), torch.no_grad():
                 probs = torch.softmax(unwrap(self.network)(unlabeled).float(), dim=1)
@@ -321,10 +320,11 @@ class SemiSupervisedGanTrainer(Trainer):
         pick = torch.randperm(n, device=image.device)[:k]
         return image[pick], label[pick]
 
-    def _fake_class_patches(self, fake, target, unlabeled):
+    def _fake_class_patches(self, fake, target, unlabeled, stats=None):
         """Patches for the K+1-th class: the generator's fakes, or with ``fake_maps="permuted"`` renderings of the maps
         with their tissues exchanged (CSF drawn where WM is, ...): off the data manifold, where a K+1 discriminator
-        learns from fakes (Dai et al. 2017), not on it, where rejecting them fights the labelled loss."""
+        learns from fakes (Dai et al. 2017), not on it, where rejecting them fights the labelled loss. ``stats``: the
+        fakes' source statistics, which the permuted maps reuse."""
         if fake is None:
             return None
         if self.fake_maps != "permuted" or not unwrap(self.generator).conditional:
@@ -334,7 +334,7 @@ class SemiSupervisedGanTrainer(Trainer):
         index = target.long().clamp(0, self.num_classes - 1).flatten(1)
         permuted = torch.where(target.flatten(1) < self.num_classes, torch.gather(lookup, 1, index), target.flatten(1))
         with torch.no_grad(), self._autocast():
-            return self._generate(permuted.view_as(target), unlabeled)[0]
+            return self._generate(permuted.view_as(target), unlabeled, stats=stats)[0]
 
     @staticmethod
     def _sources(unlabeled: torch.Tensor, n: int) -> torch.Tensor:
@@ -363,7 +363,8 @@ class SemiSupervisedGanTrainer(Trainer):
             raise ValueError("Must provide batch data for current iteration.")
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
         with record_function("unlabelled batch"):
-            unlabeled = self._next_unlabeled(engine) if self.unlabeled_data_loader is not None else None
+            has_unlabeled = self.unlabeled_data_loader is not None
+            unlabeled, clusters = self._next_unlabeled(engine) if has_unlabeled else (None, None)
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
         fake = boundary_logits = target = reconstruction = reconstruct = stats = None
@@ -375,7 +376,7 @@ class SemiSupervisedGanTrainer(Trainer):
             target = self._target_maps(label) if conditional else label
             reconstruct = self._reconstruction_patches(image, label) if conditional and updating_g else None
             if conditional and unwrap(self.generator).source_statistics:
-                stats = self._source_statistics(unlabeled, target.shape[0])
+                stats = self._source_statistics(unlabeled, target.shape[0], clusters)
             grad = nullcontext() if updating_g else torch.no_grad()
             with grad, self._autocast(), record_function("generator forward"):
                 fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct, stats)
@@ -384,7 +385,7 @@ class SemiSupervisedGanTrainer(Trainer):
         weights = self.d_loss_function.weights
         unlabeled_d = unlabeled if ramp > 0 and weights.get("unlabelled") else None
         synthetic_d = fake.detach() if fake is not None and ramp > 0 and weights.get("synthetic") else None
-        fake_d = self._fake_class_patches(fake, target, unlabeled) if ramp > 0 and weights.get("fake") else None
+        fake_d = self._fake_class_patches(fake, target, unlabeled, stats) if ramp > 0 and weights.get("fake") else None
         generated = [t for t in (synthetic_d, fake_d) if t is not None]
         if len(generated) == 2 and self.fake_maps == "same":
             generated = generated[:1]  # the same patches serve both terms: one pass
