@@ -96,6 +96,21 @@ def test_standard_gan_generator_shapes(patch):
     assert out.abs().max() < 1.0
 
 
+def test_standard_gan_generator_is_monai_generator_with_relu_after_linear_and_tanh():
+    """MONAI's Generator plus a ReLU on the linear layer's output: with the linear layer giving -1 everywhere, the
+    transposed convs see zeros; the output is their tanh."""
+    from monai.networks.nets import Generator
+
+    net = StandardGANGenerator(2, patch_size=(16, 8, 8), noise_dim=5, features=(8, 4, 4)).eval()
+    assert isinstance(net, Generator)
+    with torch.no_grad():
+        net.linear.weight.zero_()
+        net.linear.bias.fill_(-1.0)
+        expected = torch.tanh(net.conv(torch.zeros(3, 8, 2, 1, 1)))
+        assert torch.allclose(net(torch.randn(3, 5)), expected)
+        assert not torch.allclose(expected, torch.tanh(net.conv(-torch.ones(3, 8, 2, 1, 1))))
+
+
 def test_standard_gan_generator_rejects_bad_patch():
     with pytest.raises(ValueError):
         StandardGANGenerator(1, patch_size=(20, 16, 16))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
+from monai.networks.nets import Generator
 from torch import Tensor, nn
 
 _ACT = ("leakyrelu", {"negative_slope": 0.2, "inplace": True})
@@ -106,12 +107,10 @@ def _encoder(in_channels: int, features: Sequence[int]) -> nn.ModuleList:
     return nn.ModuleList(blocks)
 
 
-def _up(in_channels: int, out_channels: int, kernel_size: int, **kwargs) -> Convolution:
-    """Transposed conv that exactly doubles every spatial size (kernel 2 or 4, stride 2)."""
-    return Convolution(
-        3, in_channels, out_channels, strides=2, kernel_size=kernel_size, padding=(kernel_size - 2) // 2,
-        output_padding=0, is_transposed=True, **kwargs,
-    )
+def _up(in_channels: int, out_channels: int, **kwargs) -> Convolution:
+    """Transposed conv of kernel 2 and stride 2: exactly doubles every spatial size."""
+    return Convolution(3, in_channels, out_channels, strides=2, kernel_size=2, padding=0, output_padding=0,
+                       is_transposed=True, **kwargs)
 
 
 class MRIGANGenerator(nn.Module):
@@ -175,7 +174,7 @@ class MRIGANGenerator(nn.Module):
         self.ups, self.fuses, self.gts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for level in range(len(features) - 1, 0, -1):
             f_out = features[level - 1]
-            self.ups.append(_up(features[level], f_out, kernel_size=2, act=_ACT, norm="instance"))
+            self.ups.append(_up(features[level], f_out, act=_ACT, norm="instance"))
             extra = 1 if level == 1 else 0  # the boundary map joins at full resolution
             self.fuses.append(Convolution(3, 2 * f_out + extra, f_out, conv_only=True))
             self.gts.append(GTLayer(f_out, full_code, gt_hidden))
@@ -230,10 +229,12 @@ class MRIGANGenerator(nn.Module):
         return torch.tanh(out), boundary_logits
 
 
-class StandardGANGenerator(nn.Module):
+class StandardGANGenerator(Generator):
     """Standard-GAN baseline generator (Mondal et al. 2018): noise -> Linear + ReLU -> 3 transposed convs -> tanh.
 
-    The first two transposed convs have batch norm + ReLU; the last maps to ``out_channels`` without norm.
+    MONAI's ``Generator`` (transposed convs of kernel 3 and stride 2; batch norm + ReLU after the first two, none after
+    the last) with what it lacks here: a ReLU after its linear layer, an output in (-1, 1) (tanh), sizes given as
+    a patch size, and the bundle's generator interface (``conditional``, ``noise_dim``).
 
     Args:
         out_channels: number of MRI modalities C.
@@ -251,22 +252,18 @@ class StandardGANGenerator(nn.Module):
         noise_dim: int = 200,
         features: Sequence[int] = (128, 64, 32),
     ):
-        super().__init__()
-        self.patch_size = tuple(int(p) for p in patch_size)
-        self.noise_dim = int(noise_dim)
-        if len(self.patch_size) != 3 or any(p % 8 or p <= 0 for p in self.patch_size):
+        patch_size = tuple(int(p) for p in patch_size)
+        if len(patch_size) != 3 or any(p % 8 or p <= 0 for p in patch_size):
             raise ValueError(f"patch_size must be 3 positive sizes divisible by 8, got {patch_size}")
         f0, f1, f2 = (int(f) for f in features)
-        self.start_shape = (f0, *(p // 8 for p in self.patch_size))
-        n_start = f0 * (self.patch_size[0] // 8) * (self.patch_size[1] // 8) * (self.patch_size[2] // 8)
-        self.fc = nn.Sequential(nn.Linear(noise_dim, n_start), nn.ReLU(inplace=True))
-        self.deconvs = nn.Sequential(
-            _up(f0, f1, kernel_size=4, act="relu", norm="batch"),
-            _up(f1, f2, kernel_size=4, act="relu", norm="batch"),
-            _up(f2, out_channels, kernel_size=4, conv_only=True),
-        )
+        super().__init__(
+            latent_shape=(int(noise_dim),), start_shape=(f0, *(p // 8 for p in patch_size)),
+            channels=(f1, f2, int(out_channels)), strides=(2, 2, 2), kernel_size=3, num_res_units=0,
+            act="relu", norm="batch",
+        )  # fmt: skip
+        self.patch_size, self.noise_dim = patch_size, int(noise_dim)
 
     def forward(self, z: Tensor) -> Tensor:
         """Maps noise (B, noise_dim) to a patch (B, out_channels, *patch_size) in (-1, 1)."""
-        x = self.fc(z).view(z.shape[0], *self.start_shape)
-        return torch.tanh(self.deconvs(x))
+        x = torch.relu(self.linear(self.flatten(z)))
+        return torch.tanh(self.conv(self.reshape(x)))
