@@ -138,7 +138,7 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
-        unlabeled = self._next_unlabeled(engine)
+        unlabeled = self._next_unlabeled(engine)[0]
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         weight = self.consistency_weight_at(engine.state.iteration - 1)
 
