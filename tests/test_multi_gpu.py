@@ -120,7 +120,7 @@ def test_both_networks_are_wrapped_and_stay_identical(gan_run):
 def test_only_rank_zero_writes_and_logs(gan_run):
     tmp, probes, out = gan_run
     rank0, rank1 = probes["final"]
-    assert {"LastCheckpoint", "TensorBoardStatsHandler", "GanImageHandler", "LossProgressBar"} <= set(
+    assert {"LastCheckpoint", "TensorBoardStatsHandler", "TensorBoardImageHandler", "LossProgressBar"} <= set(
         rank0["train_handlers"]
     )
     assert rank1["train_handlers"] == ["LrScheduleHandler", "LrScheduleHandler", "FinalValidation"]

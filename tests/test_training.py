@@ -50,13 +50,11 @@ def test_training_writes_cpu_checkpoint_and_reports_dice(trained):
     generator = torch.load(dirs["ckpt_dir"] / "generator.pt", map_location="cpu", weights_only=True)
     MRIGANGenerator(2, 4, noise_dim=8, source_statistics=True).load_state_dict(generator["generator"])  # the default
     assert "Validation Dice per tissue" in out and "CSF" in out and "WM" in out
-    events = list((dirs["output_dir"]).glob("events.out.tfevents.*"))
-    tags = set()
-    for f in events:
-        acc = EventAccumulator(str(f))
-        acc.Reload()
-        tags |= set(acc.Tags()["images"]) | set(acc.Tags()["scalars"])
-    assert {"train/real", "train/fake", "train/label", "train/segmentation"} <= tags
+    tags = {name: _tags(dirs["output_dir"] / name) for name in ("", "patches", "segmentations")}
+    # MONAI's TensorBoardImageHandler: the patch, its label and the fake; the segmentation, as GIFs through the volume
+    assert {"input_0_HWD", "input_1_HWD", "output_HWD"} <= {t.split("/")[0] for t in tags["patches"]}
+    assert {t.split("/")[0] for t in tags["segmentations"]} == {"output_HWD"}
+    tags = tags[""]
     assert {"loss_d_synthetic", "loss_g_feature_matching", "loss_g_boundary", "loss_g_segmentation",
             "loss_g_appearance", "loss_g_reconstruction"} <= tags  # tissue transfer is the default
 
@@ -122,6 +120,16 @@ def test_resume_continues_from_the_last_checkpoint(bundle_root, tmp_path):
     assert second["trainer"]["iteration"] == 6 and second["trainer"]["max_epochs"] == 3
     step = second["optimizer"]["state"][0]["step"]
     assert float(step) == 6  # Adam's step count went on from the first run's 2
+
+
+def _tags(run_dir):
+    """Image and scalar tags of the TensorBoard files in ``run_dir``."""
+    tags = set()
+    for f in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        tags |= set(acc.Tags()["images"]) | set(acc.Tags()["scalars"])
+    return tags
 
 
 def _scalars(run_dir):

@@ -13,7 +13,6 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import ValidationHandler
 from monai.utils import is_scalar
-from torch.utils.tensorboard import SummaryWriter
 
 from .evaluation import TISSUES
 
@@ -131,38 +130,6 @@ def print_validation_dice(best: BestValidation, key_metric: str = "val_mean_dice
         f"(last validation, epoch {last.epoch}: {last.metrics.get(key_metric, float('nan')):.4f})"
     )
     return dice
-
-
-class GanImageHandler:
-    """Write the middle axial slice of the first patch of an iteration to TensorBoard, every ``interval`` epochs.
-
-    Panels (tags ``<tag>/real``, ``/fake``, ``/label``, ``/segmentation``): the first modality of the labelled
-    patch, the fake generated from its tissue map (when there is a generator), its label and the discriminator's
-    arg-max segmentation. Intensities are mapped from [-1, 1] and labels from 0..K-1 to [0, 1].
-    """
-
-    def __init__(self, log_dir: str, interval: int = 1, num_classes: int = 4, tag: str = "train"):
-        self.log_dir, self.interval, self.num_classes, self.tag = log_dir, interval, num_classes, tag
-        self._writer: SummaryWriter | None = None
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, lambda _: self._writer and self._writer.close())
-
-    def __call__(self, engine: Engine) -> None:
-        out = engine.state.output
-        out = out[0] if isinstance(out, list) else out
-        panels = {"real": (out["image"][0, 0] + 1) / 2, "label": out["label"][0, 0].float() / (self.num_classes - 1)}
-        if "fake" in out:
-            panels["fake"] = (out["fake"][0, 0] + 1) / 2
-        if "pred" in out:
-            panels["segmentation"] = out["pred"][0].argmax(0).float() / (self.num_classes - 1)
-        if self._writer is None:
-            self._writer = SummaryWriter(log_dir=self.log_dir)
-        for name, volume in panels.items():
-            image = volume[..., volume.shape[-1] // 2].detach().float().cpu().clamp(0, 1)
-            self._writer.add_image(f"{self.tag}/{name}", image[None], engine.state.epoch)
-        self._writer.flush()
 
 
 class TissueCollapseWarning:
