@@ -44,3 +44,29 @@ def test_transfer_figure(tmp_path):
     synthetic = save("synth.nii.gz", rng.random((8, 9, 10, 2)))
     out = draw(images[:2], label, images[2:], synthetic, out=str(tmp_path / "fig.png"))
     assert (tmp_path / "fig.png").stat().st_size > 1000 and out.endswith("fig.png")
+
+
+def test_plain_baselines_train_for_the_time_of_their_reference_run(tmp_path, monkeypatch):
+    """plain_unet takes the supervised run's wall time, plain_unet_gan_time the default MRI-GAN's (same labelled
+    count and seed), plain_minutes when that run is missing."""
+    import json
+
+    import tools.benchmark_comparison as bc
+
+    work = tmp_path / "cpu"
+    work.mkdir()
+    (work / "results.json").write_text(json.dumps([
+        _result("supervised", 2, 0, 0.5, 0.5, 0.5, seconds=90), _result("mri_gan_clusters_shift_cheap", 2, 0, 0.6, 0.6, 0.6, seconds=300),
+    ]))  # fmt: skip
+    minutes = {}
+
+    def fake_plain(run_dir, settings, n, seed, m):
+        minutes[(run_dir.name, seed)] = m
+        return {"train_seconds": 60 * m, "dice": {"CSF": 0.1, "GM": 0.2, "WM": 0.3}}
+
+    monkeypatch.setattr(bc, "_run_plain", fake_plain)
+    monkeypatch.setattr(bc, "report", lambda *args, **kwargs: None)
+    bc.run(labelled=[2], seeds=[0, 1], variants=["plain_unet", "plain_unet_gan_time"], work_dir=str(tmp_path),
+           plain_minutes=7.0)  # fmt: skip
+    assert minutes == {("plain_unet_2_seed0", 0): 1.5, ("plain_unet_gan_time_2_seed0", 0): 5.0,
+                       ("plain_unet_2_seed1", 1): 7.0, ("plain_unet_gan_time_2_seed1", 1): 7.0}  # fmt: skip
