@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, run
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDistanceMetric
@@ -34,17 +34,32 @@ def _masks():
     return pred, label
 
 
-def _run_metrics(bundle_root, pred, label, spacing):
+def _run_metrics(bundle_root, pred, label, spacing, eval_dir=None, subject="s1"):
+    """evaluate.yaml's metrics (key and additional) and, given ``eval_dir``, its ``MetricsSaver`` on one batch."""
     parser = ConfigParser()
     parser.read_config([str(bundle_root / c) for c in CONFIGS])
-    metrics = parser.get_parsed_content("validate#additional_metrics")
+    metrics = {**parser.get_parsed_content("validate#key_metric")}
+    metrics.update(parser.get_parsed_content("validate#additional_metrics"))
     affine = torch.diag(torch.tensor([*spacing, 1.0]))
     output = {k: MetaTensor(one_hot(v, 4)[0], affine=affine) for k, v in {"pred": pred, "label": label}.items()}
+    image = MetaTensor(torch.zeros(2, *pred.shape[2:]), meta={"filename_or_obj": "/data/s1_t1.nii.gz"})
     engine = Engine(lambda e, b: [output])
     for name, metric in metrics.items():
         metric.attach(engine, name)
-    engine.run([0], max_epochs=1)
+    if eval_dir is not None:
+        parser["eval_dir"] = str(eval_dir)
+        (i,) = [i for i, h in enumerate(parser["validate#handlers"]) if h["_target_"] == "MetricsSaver"]
+        parser.get_parsed_content(f"validate#handlers#{i}").attach(engine)
+        # the evaluator's batch as MetricsSaver sees it: decollated, with the datalist's subject id where it has one
+        engine.add_event_handler(Events.ITERATION_STARTED, lambda e: setattr(e.state, "batch", [e.state.batch]))
+    batch = {"image": image, **({"subject": subject} if subject else {})}
+    engine.run([batch], max_epochs=1)
     return engine
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.reader(f))
 
 
 @pytest.mark.parametrize("evaluate", [False, True])
@@ -68,19 +83,39 @@ def test_evaluator_autocasts_to_the_trainers_dtype(bundle_root, monkeypatch, eva
 
 def test_dice_and_distances_match_hand_computation(bundle_root, tmp_path):
     pred, label = _masks()
-    engine = _run_metrics(bundle_root, pred, label, spacing=[2.0, 2.0, 2.0])
-    summary = write_report(engine, [{"subject": "s1"}], str(tmp_path))
+    engine = _run_metrics(bundle_root, pred, label, spacing=[2.0, 2.0, 2.0], eval_dir=tmp_path)
+    summary = write_report(engine, str(tmp_path))
     dice = [summary["val_dice"][t]["mean"] for t in ("CSF", "GM", "WM")]
     assert dice == pytest.approx([1.0, 2 * 4 / 16, 2 * 32 / 96])
     # CSF is perfect: zero distances. GM is shifted by one voxel (2 mm at this spacing): HD95 = 2 mm.
     assert summary["val_hd95"]["CSF"]["mean"] == pytest.approx(0.0)
     assert summary["val_hd95"]["GM"]["mean"] == pytest.approx(2.0)
-    with open(tmp_path / "metrics_per_subject.csv") as f:
-        rows = list(csv.reader(f))
-    assert rows[0][:4] == ["subject", "Dice CSF", "Dice GM", "Dice WM"]
-    assert rows[1][0] == "s1" and float(rows[1][2]) == pytest.approx(0.5)
     assert json.loads((tmp_path / "summary.json").read_text())["subjects"] == 1
     assert "| Dice | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_monai_writes_the_per_subject_metrics(bundle_root, tmp_path):
+    """MetricsSaver (evaluate.yaml): per-subject values named by the subject id, per-tissue summaries, overall Dice."""
+    pred, label = _masks()
+    _run_metrics(bundle_root, pred, label, spacing=[2.0, 2.0, 2.0], eval_dir=tmp_path)
+    dice = [1.0, 2 * 4 / 16, 2 * 32 / 96]  # CSF exact, GM overlap 4 of 8 + 8, WM 32 of 64 + 32
+    rows = _read_csv(tmp_path / "val_dice_raw.csv")
+    assert rows[0] == ["filename", "class0", "class1", "class2", "mean"]  # class0..2: CSF, GM, WM
+    assert len(rows) == 2 and rows[1][0] == "s1"
+    assert [float(v) for v in rows[1][1:]] == pytest.approx([*dice, np.mean(dice)], abs=1e-4)
+    hd95 = _read_csv(tmp_path / "val_hd95_raw.csv")
+    assert [float(v) for v in hd95[1][1:3]] == pytest.approx([0.0, 2.0])  # mm at 2 mm spacing
+    summary = {r[0]: r[1:] for r in _read_csv(tmp_path / "val_dice_summary.csv")}
+    assert summary["class"] == ["mean", "std", "median", "min", "max"]
+    assert [float(summary[f"class{t}"][0]) for t in range(3)] == pytest.approx(dice, abs=1e-4)
+    assert _read_csv(tmp_path / "metrics.csv")[0][0] == "val_mean_dice"
+    assert float(_read_csv(tmp_path / "metrics.csv")[0][1]) == pytest.approx(np.mean(dice))
+
+
+def test_without_a_subject_id_the_image_file_names_the_row(bundle_root, tmp_path):
+    pred, label = _masks()
+    _run_metrics(bundle_root, pred, label, spacing=[1.0, 1.0, 1.0], eval_dir=tmp_path, subject=None)
+    assert _read_csv(tmp_path / "val_asd_raw.csv")[1][0] == "/data/s1_t1.nii.gz"
 
 
 def test_ignored_voxels_count_neither_way():
@@ -137,6 +172,9 @@ def test_metrics_on_the_label_grid(bundle_root, tmp_path, monkeypatch):
         assert got == pytest.approx(values[0].tolist(), abs=1e-5), name
     assert measured["val_hd95"]["CSF"]["mean"] == pytest.approx(3.0)  # GM's inner surface one slice off: 3 mm
     assert measured["val_hd95"]["WM"]["mean"] == pytest.approx(1.0)  # one voxel wider in-plane: 1 mm
+    for name, values in expected.items():  # MetricsSaver's per-subject rows, named by the datalist's subject id
+        (row,) = _read_csv(tmp_path / "eval" / f"{name}_raw.csv")[1:]
+        assert row[0] == "s1" and [float(v) for v in row[1:4]] == pytest.approx(values[0].tolist(), abs=1e-4), name
 
 
 def _folder_dataset(folder, n=8):

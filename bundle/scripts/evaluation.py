@@ -1,10 +1,9 @@
-"""Evaluation on the label's own voxel grid: the test subjects, distance metrics in mm and the reports of Dice, HD95
-and average surface distance per tissue."""
+"""Evaluation on the label's own voxel grid: the test subjects, distance metrics in mm and the summary of Dice, HD95
+and average surface distance per tissue. The per-subject values and per-tissue statistics are written by MONAI's
+``MetricsSaver`` (configs/evaluate.yaml); ``write_report`` adds only what it lacks."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -52,7 +51,8 @@ class MetricInMm(IgniteMetricHandler):
 
 
 def summarize(per_subject: dict[str, np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and standard deviation per metric and tissue, ignoring NaN (tissue absent in a subject)."""
+    """Mean and standard deviation per metric and tissue, ignoring NaN and inf (a tissue absent from the label or
+    the prediction; MONAI's ``<metric>_summary.csv`` averages an inf distance into an inf mean)."""
     summary = {}
     for name, values in per_subject.items():
         summary[name] = {}
@@ -75,24 +75,22 @@ def markdown_table(summary: dict, n_subjects: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(evaluator: Engine, subjects: Sequence[dict], eval_dir: str) -> dict:
-    """Write ``metrics_per_subject.csv``, ``summary.json`` and ``summary.md`` into ``eval_dir``; return the summary."""
+def write_report(evaluator: Engine, eval_dir: str) -> dict:
+    """Write ``summary.json`` and ``summary.md`` into ``eval_dir``, print the table and return the summary.
+
+    MONAI's ``MetricsSaver`` (evaluate.yaml) writes the per-subject values (``<metric>_raw.csv``) and per-class
+    statistics (``<metric>_summary.csv``); it lacks what is written here: tissue names (its columns are
+    class0..class2), the paper's table layout (one row per metric, one column per tissue, mean ± std), a JSON summary
+    that tests and tools/benchmark_comparison.py read, statistics over finite values only, and atomic writes."""
     out = Path(eval_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_subject = {}
-    for key in METRICS:
-        if key in evaluator.state.metric_details:
-            values = evaluator.state.metric_details[key].cpu()
-            per_subject[key] = np.asarray(values, dtype=np.float64).reshape(len(subjects), -1)
-    rows = [["subject", *[f"{METRICS[k]} {t}" for k in per_subject for t in TISSUES]]]
-    for i, subject in enumerate(subjects):
-        rows.append([subject.get("subject", str(i)), *[f"{per_subject[k][i, t]:.6g}" for k in per_subject for t in range(3)]])
-    table_csv = io.StringIO()
-    csv.writer(table_csv).writerows(rows)
-    write_text(out / "metrics_per_subject.csv", table_csv.getvalue())
+    details = evaluator.state.metric_details
+    per_subject = {k: np.asarray(details[k].cpu(), dtype=np.float64) for k in METRICS if k in details}
+    per_subject = {k: v.reshape(len(v), -1) for k, v in per_subject.items()}
+    n_subjects = len(next(iter(per_subject.values()))) if per_subject else 0
     summary = summarize(per_subject)
-    write_text(out / "summary.json", json.dumps({"subjects": len(subjects), "metrics": summary}, indent=2))
-    table = markdown_table(summary, len(subjects))
+    write_text(out / "summary.json", json.dumps({"subjects": n_subjects, "metrics": summary}, indent=2))
+    table = markdown_table(summary, n_subjects)
     write_text(out / "summary.md", table)
     print(table)
     return summary
