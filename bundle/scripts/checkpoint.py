@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """Return the network inside a ``DistributedDataParallel``/``DataParallel`` wrapper, or the module itself."""
+    """Return the network inside a ``DistributedDataParallel``/``DataParallel`` wrapper or an ``AveragedModel`` (the
+    mean teacher), or the module itself. MONAI's ``get_state_dict`` unwraps the first two only: a teacher saved
+    through it would keep ``module.`` prefixes and ``n_averaged``, and load into no plain network."""
     return getattr(module, "module", module)
 
 
