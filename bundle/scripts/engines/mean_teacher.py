@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
-from ignite.metrics import Metric
-from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -55,11 +53,10 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
             also lists in ``resume_objects`` so that it is saved and resumed (configs/mean_teacher.yaml); by default
             ``AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)``. A given
             teacher keeps its own averaging function (build it with the same ``ema_decay``).
-        gan_options: the parent's GAN-only arguments (``generator``, ``g_optimizer``, ``g_loss_function``,
-            ``feature_layer``, ``warmup_iterations``, ``flip_maps``, ...), passed on so that train.yaml's trainer
-            block can be reused as it is; the generator ones must be ``None``, the others are unused here.
-            ``rampup_iterations`` is this trainer's consistency ramp, not the parent's GAN ramp.
-        Other arguments are those of ``SemiSupervisedGanTrainer``.
+        trainer_options: the other arguments of ``SemiSupervisedGanTrainer`` (``monai.engines.Trainer``'s, passed on
+            as they are, and the GAN-only ones, so that train.yaml's trainer block can be reused as it is: the
+            generator ones must be ``None``, the others are unused here). ``rampup_iterations`` is this trainer's
+            consistency ramp, not the parent's GAN ramp.
     """
 
     def __init__(
@@ -76,20 +73,9 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
         rampup_iterations: int = 200,
         noise_std: float = 0.1,
         teacher: AveragedModel | None = None,
-        num_classes: int = 4,
-        max_nonfinite: int = 20,
-        epoch_length: int | None = None,
-        non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
-        key_train_metric: dict[str, Metric] | None = None,
-        additional_metrics: dict[str, Metric] | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        train_handlers: Sequence | None = None,
-        amp: bool = False,
-        amp_kwargs: dict | None = None,
-        **gan_options,
+        **trainer_options,
     ):
-        if any(gan_options.get(k) is not None for k in ("generator", "g_optimizer", "g_loss_function")):
+        if any(trainer_options.get(k) is not None for k in ("generator", "g_optimizer", "g_loss_function")):
             raise ValueError("MeanTeacherTrainer has no generator: set generator, g_optimizer and g_loss to null")
         if unlabeled_data_loader is None:
             raise ValueError("the mean teacher needs unlabelled patches: give unlabeled_data_loader")
@@ -103,18 +89,7 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
             d_optimizer=d_optimizer,
             d_loss_function=d_loss_function,
             unlabeled_data_loader=unlabeled_data_loader,
-            num_classes=num_classes,
-            max_nonfinite=max_nonfinite,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
-            amp=amp,
-            amp_kwargs=amp_kwargs,
-            **gan_options,
+            **trainer_options,
         )
         self.ema_decay, self.consistency_weight = float(ema_decay), float(consistency_weight)
         self.rampup_iterations, self.noise_std = int(rampup_iterations), float(noise_std)
