@@ -20,27 +20,27 @@ from scripts.networks import Segmenter
 
 pytestmark = pytest.mark.slow
 
-# How each shipped weights file was trained (docs/shipped_weights.md): the phantom dataset of its training
-# command (scripts.data.phantom.write_iseg arguments), its split (the run's split.json) and its eval_metrics' key prefix.
+# Each shipped weights file: the recipe config it was trained with (its modalities and phantom dataset), its split
+# (the run's split.json) and its eval_metrics' key prefix.
 SHIPPED = {
-    "model.pt": {
-        "modalities": ["t1", "t2"], "split": "pretrained_split.json", "prefix": "test_",
-        "phantom": {"num_labeled": 16, "shape": (144, 192, 256), "seed": 1, "preset": "infant",
-                    "options": {"cohort": True, "head": False, "randomize": True, "folded": True}},
-    },
-    "model_t1.pt": {
-        "modalities": ["t1"], "split": "pretrained_t1_split.json", "prefix": "t1_only_test_",
-        "phantom": {"num_labeled": 16, "shape": (176, 216, 160), "seed": 2, "preset": "adult",
-                    "options": {"cohort": False, "head": False, "randomize": True, "folded": True}},
-    },
-}  # fmt: skip
+    "model.pt": {"recipe": "shipped_t1t2.yaml", "split": "pretrained_split.json", "prefix": "test_"},
+    "model_t1.pt": {"recipe": "shipped_t1.yaml", "split": "pretrained_t1_split.json", "prefix": "t1_only_test_"},
+}
+
+
+def _recipe(bundle_root, name):
+    """``(modalities, phantom)`` of the training command that made ``models/<name>``."""
+    parser = ConfigParser()
+    configs = ("train.yaml", "supervised.yaml", SHIPPED[name]["recipe"])
+    parser.read_config([str(bundle_root / "configs" / config) for config in configs])
+    return parser["modalities"], parser["phantom"]
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_shipped_weights_are_small_plain_state_dicts_of_the_default_network(bundle_root, name):
     path = bundle_root / "models" / name
     assert path.stat().st_size < 25 * 2**20
-    Segmenter(len(SHIPPED[name]["modalities"]), 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    Segmenter(len(_recipe(bundle_root, name)[0]), 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _inference_parser(bundle_root, **overrides):
@@ -68,14 +68,15 @@ def test_modalities_without_shipped_weights_ask_for_a_checkpoint(bundle_root):
     assert given.get_parsed_content("ckpt_path") == "/data/mine.pt"
 
 def _write_test_subjects(folder, split, modalities, phantom):
-    """The training run's test subjects, written exactly as its phantom dataset wrote them."""
+    """The training run's test subjects, written exactly as its phantom dataset (``write_iseg``) wrote them."""
     folder.mkdir()
+    options = {k: bool(phantom.get(k, False)) for k in ("cohort", "head", "randomize", "folded")}
     entries = []
     for entry in split["testing"]:
         name = entry["subject"]
         index = int(name.split("-")[1])
         _write_iseg_subject(index, folder, phantom["num_labeled"], phantom["shape"], phantom["seed"],
-                            phantom["preset"], phantom["options"])  # fmt: skip
+                            phantom.get("preset", "infant"), options)  # fmt: skip
         entries.append({"subject": name, "label": str(folder / f"{name}-label.hdr"),
                         **{m: str(folder / f"{name}-{m.upper()}.hdr") for m in modalities}})  # fmt: skip
     return entries
@@ -84,13 +85,14 @@ def _write_test_subjects(folder, split, modalities, phantom):
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path, name):
     shipped = SHIPPED[name]
+    modalities, phantom = _recipe(bundle_root, name)
     split = json.loads((bundle_root / "docs" / "benchmarks" / shipped["split"]).read_text())
-    testing = _write_test_subjects(tmp_path / "phantom", split, shipped["modalities"], shipped["phantom"])
+    testing = _write_test_subjects(tmp_path / "phantom", split, modalities, phantom)
     datalist = {"training": [], "validation": [], "testing": testing, "unlabeled": []}
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "evaluating",
         "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", "--datalist", repr(datalist),
-        "--modalities", repr(shipped["modalities"]), "--ckpt_path", f"models/{name}",
+        "--modalities", repr(modalities), "--ckpt_path", f"models/{name}",
         "--eval_dir", str(tmp_path / "eval"), "--output_dir", str(tmp_path / "runs"), "--num_workers", "0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")

@@ -108,6 +108,8 @@ DARK = 0.05  # voxels at most this fraction of the 99th percentile are dark: air
 def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     """Otsu's threshold of ``values``: the histogram split with the largest between-class variance (the values up
     to it form one class). The histogram spans the 0.1th to 99.9th percentile: a few extreme voxels do not squeeze it.
+    ITK's ``OtsuThresholdImageFilter`` spans the minimum to the maximum: on head phantoms it agrees within 1 %, but
+    one voxel at 50 times the maximum moves its threshold by a third or more (tests/test_normalisation.py).
     """
     low, high = (float(v) for v in percentile(values, [0.1, 99.9]))
     if high <= low:
