@@ -14,6 +14,8 @@ repository root:
 
     python -m tools.benchmark_comparison run --profile cpu --labelled "[2,8]" --seeds "[0,1,2]"
     python -m tools.benchmark_comparison run --profile gpu
+    python -m tools.benchmark_comparison run --profile main --labelled "[2]" \
+        --variants "[mri_gan_gap,plain_unet_gap_time]"
 
 Results are appended to ``<work_dir>/<profile>/results.json`` as each run finishes (an interrupted benchmark resumes
 where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``
@@ -37,34 +39,40 @@ from scripts.evaluation import TISSUES
 from tools import BUNDLE_ROOT, subprocess_env
 
 # Every variant states the settings it was measured with, so that a later change of train.yaml's defaults does not
-# change what an old variant means: no offsets, the generator from the start and at every iteration, and (MRI-GAN)
-# no source statistics, unless the variant says otherwise.
-_BEFORE_080 = {"tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0, "gan#generator_interval": 1}
+# change what an old variant means: no offsets, the generator from the start and at every iteration, (MRI-GAN) no
+# source statistics, and no intensity gap, unless the variant says otherwise.
+_BEFORE_0100 = {"intensity_gap": 0.0}
+_BEFORE_080 = {**_BEFORE_0100, "tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0,
+               "gan#generator_interval": 1}  # fmt: skip
 _TRANSFER_040 = {**_BEFORE_080, "gan#source_statistics": False}
 _CLUSTERS = {"gan#source_statistics": True, "gan#source_classes": "clusters"}
 _SEGMENTER = {"gan#source_statistics": True, "gan#source_classes": "segmenter"}
+_DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "tissue_shift_prob": 0.5, "gan#generator_interval": 2,
+                "gan#generator_start_iterations": "@gan#warmup_iterations"}  # fmt: skip
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
-    "supervised": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.0}),
+    "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.0}),
     "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
-    "mean_teacher": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.0}),
+    "mean_teacher": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.0}),
     "standard_gan": (["configs/standard_gan.yaml"], _BEFORE_080),
     "paper_gan": (["configs/paper_gan.yaml"], _BEFORE_080),
     "mri_gan": ([], _TRANSFER_040),
     "mri_gan_statistics": ([], {**_BEFORE_080, **_SEGMENTER}),
     "mri_gan_swap": ([], {**_BEFORE_080, **_SEGMENTER, "gan#contrast_swap": 0.5}),
-    "supervised_shift": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5}),
+    "supervised_shift": (["configs/supervised.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.5}),
     "mri_gan_shift": ([], {**_TRANSFER_040, "tissue_shift_prob": 0.5}),
     "mri_gan_clusters": ([], {**_BEFORE_080, **_CLUSTERS}),
     "mri_gan_clusters_shift": ([], {**_BEFORE_080, **_CLUSTERS, "tissue_shift_prob": 0.5}),
-    "mri_gan_clusters_shift_cheap": ([], {**_CLUSTERS, "tissue_shift_prob": 0.5, "gan#generator_interval": 2,
-                                          "gan#generator_start_iterations": "@gan#warmup_iterations"}),  # 0.8.0's default
-    "mean_teacher_shift": (["configs/mean_teacher.yaml"], {"tissue_shift_prob": 0.5}),
+    "mri_gan_clusters_shift_cheap": ([], _DEFAULT_080),  # 0.8.0's default
+    "mri_gan_gap": ([], {**_DEFAULT_080, "intensity_gap": 0.5}),  # 0.10.0's default
+    "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.5}),
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
+    "plain_unet_gap_time": None,  # the same for 0.10.0's default
 }
-PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap"}  # whose time
+PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
+                 "plain_unet_gap_time": "mri_gan_gap"}  # whose wall time each plain baseline gets
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)",
-    "plain_unet_gan_time": "Plain UNet (the default MRI-GAN's wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
+    "plain_unet_gan_time": "Plain UNet (0.8.0's default MRI-GAN's wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
     "standard_gan": "Standard-GAN", "paper_gan": "MRI-GAN, paper's K+1 setting", "mri_gan": "MRI-GAN, tissue transfer",
     "mri_gan_statistics": "MRI-GAN, tissue transfer with the source's statistics",
     "mri_gan_swap": "MRI-GAN, source's statistics, GM/WM swapped at random",
@@ -72,7 +80,9 @@ LABELS = {
     "mri_gan_shift": "MRI-GAN, tissue transfer, tissue intensities shifted at random",
     "mri_gan_clusters": "MRI-GAN, tissue transfer with the source's k-means tissue statistics",
     "mri_gan_clusters_shift": "MRI-GAN, k-means tissue statistics, tissue intensities shifted at random",
-    "mri_gan_clusters_shift_cheap": "MRI-GAN, the default (the same, G idle in the warm-up, then every second iteration)",
+    "mri_gan_clusters_shift_cheap": "MRI-GAN, 0.8.0's default (the same, G idle in the warm-up, then every second iteration)",
+    "mri_gan_gap": "MRI-GAN, the default (the same, brain intensities 0.5 above the background)",
+    "plain_unet_gap_time": "Plain UNet (the default MRI-GAN's wall time)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
@@ -84,6 +94,8 @@ PROFILES = {
     },
     # 3000 iterations of the default configuration (network, patches, batches)
     "gpu": {"iterations": 3000, "epoch_length": 100, "val_interval": 5},
+    # the README's main job: train.yaml as it is (600 iterations, its network, patches and batches)
+    "main": {},
 }  # fmt: skip
 # the phantom cohort (scripts.data.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
 PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
