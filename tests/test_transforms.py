@@ -84,3 +84,20 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
     keys = ["image", "clusters"] if clustered else ["image"]
     assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image
+
+
+def test_tissue_shift_stops_at_the_floor():
+    """Offsets as in the test above; with floor -0.5 a tissue shifted below it stops at -0.5, the others and the
+    background (-1) are as without the floor."""
+    label = torch.tensor([0, 1, 1, 2, 2, 3, 255, 0]).view(1, 8, 1, 1)
+    image = torch.tensor([-1.0, -0.45, -0.4, 0.0, 0.1, -0.3, -1.0, -1.0]).view(1, 8, 1, 1).repeat(2, 1, 1, 1)
+    free, floored = RandTissueShiftd("image", prob=1.0), RandTissueShiftd("image", prob=1.0, floor=-0.5)
+    free.set_random_state(3)
+    floored.set_random_state(3)
+    expected = free({"image": image, "label": label})["image"]
+    tissue = (label > 0) & (label < 4)
+    expected = torch.where(tissue, expected.clamp(min=-0.5), expected)
+    out = floored({"image": image, "label": label})["image"]
+    torch.testing.assert_close(out, expected)
+    assert (expected[tissue.expand_as(expected)] == -0.5).any()  # the seed pushes some tissue below the floor
+    assert torch.equal(out[:, [0, 6, 7]], image[:, [0, 6, 7]])
