@@ -87,3 +87,31 @@ def test_otsu_agrees_with_itk_and_ignores_an_outlier_that_moves_itk():
     image.flat[0] = 50 * image.max()
     assert otsu_threshold(torch.from_numpy(image)) == pytest.approx(ours, rel=0.01)
     assert itk_otsu(image) > 1.2 * theirs
+def test_gap_lifts_the_foreground_above_the_background_by_hand():
+    """The 4^3 volume above with gap 0.5: the brain's line ends at 1 - 0.5 and every brain voxel is lifted by 0.5,
+    x -> -1 + 0.5 + 1.5 x / 79.65 (80 clipped at 1); the background stays -1. A brain voxel as dark as the background
+    (0.01) lands 0.5 above it. A gap as wide as the range is refused."""
+    image = torch.zeros(1, 4, 4, 4)
+    image[0, 1:3, 1:3, 1:3] = torch.arange(10.0, 90.0, 10.0).reshape(2, 2, 2)
+    image[0, 1, 1, 1] = 0.01
+    brain = image > 0
+    scaled = ForegroundPercentileScaled("image", gap=0.5)({"image": image})["image"]
+    top = 70 + 0.965 * 10  # the 99.5th percentile of 0.01, 20, ..., 80 (the ranks as in the first test)
+    expected = torch.where(brain, torch.clamp(-0.5 + 1.5 * image / top, max=1.0), torch.tensor(-1.0))
+    torch.testing.assert_close(scaled, expected, atol=1e-5, rtol=0)
+    assert float(scaled[0, 1, 1, 1]) == pytest.approx(-0.5, abs=1e-3) and float(scaled[0, 0, 0, 0]) == -1.0
+    with pytest.raises(ValueError, match="gap"):
+        ForegroundPercentileScaled("image", gap=2.0)
+
+
+def test_gap_on_a_noisy_head_keeps_the_air_at_minus_one_and_the_head_above_the_gap():
+    """Head phantom in noisy air with gap 0.5: the air's median still lands at -1, and the darkest head voxel lies at
+    least 0.5 above the brightest air voxel (one line, the head lifted by the gap)."""
+    subject = make_subject((48, 56, 56), head=True, seed=0)
+    image = torch.from_numpy(np.stack([subject["images"][m] for m in ("t1", "t2")]))
+    air = torch.from_numpy((subject["structures"] == 0) & (subject["head"] == 0))
+    head = foreground(image)
+    scaled = ForegroundPercentileScaled("image", gap=0.5)({"image": image})["image"]
+    for channel, inside in zip(scaled, head):
+        assert float(channel[air].median()) == pytest.approx(-1.0, abs=1e-3)
+        assert float(channel[inside].min()) - float(channel[~inside].max()) >= 0.5 - 1e-5  # the gap at the threshold

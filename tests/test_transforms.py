@@ -31,6 +31,29 @@ def test_tissue_shift_joins_labelled_training_by_default_and_leaves_at_zero(bund
     assert parser.get_parsed_content("train#tissue_shift") == []  # the transform chain without it
 
 
+@pytest.mark.parametrize("gap", [None, 0.0, 0.3])
+def test_every_config_normalises_with_trainings_intensity_gap(bundle_root, gap):
+    """Training, inference and synthesis scale intensities with the same gap (train.yaml's intensity_gap, 0.5 by
+    default), and shifted tissues stop at -1 + gap: a model meets at inference the intensities it was trained on."""
+    from scripts.transforms import ForegroundPercentileScaled
+
+    def parsed(config, *ids):
+        parser = ConfigParser()
+        parser.read_config(str(bundle_root / "configs" / config))
+        parser["bundle_root"] = str(bundle_root)
+        if gap is not None:
+            parser["intensity_gap"] = gap  # --intensity_gap
+        return [parser.get_parsed_content(i) for i in ids]
+
+    expected = 0.5 if gap is None else gap
+    transforms, (shift,) = parsed("train.yaml", "preprocessing_transforms", "train#tissue_shift")
+    scalers = [t for t in transforms if isinstance(t, ForegroundPercentileScaled)]
+    for config in ("inference.yaml", "synthesize.yaml"):
+        scalers += [t for t in parsed(config, "preprocessing")[0].transforms if isinstance(t, ForegroundPercentileScaled)]
+    assert len(scalers) == 3 and all(t.gap == expected for t in scalers)
+    assert shift.floor == pytest.approx(-1.0 + expected)
+
+
 
 def _layered_brain(gm_value, wm_value, csf_value=(-0.6, 0.8), size=32):
     """A ball of WM (radius 9) in a GM ribbon 3 voxels thick, in a CSF layer 3 voxels thick, in background -1: two
@@ -84,3 +107,20 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
     keys = ["image", "clusters"] if clustered else ["image"]
     assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image
+
+
+def test_tissue_shift_stops_at_the_floor():
+    """Offsets as in the test above; with floor -0.5 a tissue shifted below it stops at -0.5, the others and the
+    background (-1) are as without the floor."""
+    label = torch.tensor([0, 1, 1, 2, 2, 3, 255, 0]).view(1, 8, 1, 1)
+    image = torch.tensor([-1.0, -0.45, -0.4, 0.0, 0.1, -0.3, -1.0, -1.0]).view(1, 8, 1, 1).repeat(2, 1, 1, 1)
+    free, floored = RandTissueShiftd("image", prob=1.0), RandTissueShiftd("image", prob=1.0, floor=-0.5)
+    free.set_random_state(3)
+    floored.set_random_state(3)
+    expected = free({"image": image, "label": label})["image"]
+    tissue = (label > 0) & (label < 4)
+    expected = torch.where(tissue, expected.clamp(min=-0.5), expected)
+    out = floored({"image": image, "label": label})["image"]
+    torch.testing.assert_close(out, expected)
+    assert (expected[tissue.expand_as(expected)] == -0.5).any()  # the seed pushes some tissue below the floor
+    assert torch.equal(out[:, [0, 6, 7]], image[:, [0, 6, 7]])

@@ -121,38 +121,40 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return float(edges[int(between[:-1].argmax()) + 1])
 
 
-def channel_background(channel: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``(foreground, background level)`` of one channel.
+def channel_background(channel: torch.Tensor) -> tuple[float, float]:
+    """``(threshold, background level)`` of one channel: its foreground is the voxels above the threshold.
 
     A zero background (skull-stripped or zero-filled: most of the dark voxels, at most ``DARK`` times the 99th
-    percentile, are exactly 0): the voxels above 0, level 0. Otherwise (a head in noisy air, whose dark voxels
-    spread over many values, possibly negative ones): the voxels above Otsu's threshold, level the median of the
-    others.
+    percentile, are exactly 0): threshold and level 0. Otherwise (a head in noisy air, whose dark voxels spread over
+    many values, possibly negative ones): Otsu's threshold, level the median of the voxels below it.
     """
     dark = channel <= DARK * float(percentile(channel, 99))
     if 2 * int((channel == 0).sum()) >= int(dark.sum()):
-        return channel > 0, 0.0
+        return 0.0, 0.0
     threshold = otsu_threshold(channel)
-    return channel > threshold, float(percentile(channel[channel <= threshold], 50))
+    return threshold, float(percentile(channel[channel <= threshold], 50))
 
 
 def foreground(image: torch.Tensor) -> torch.Tensor:
     """The foreground (``channel_background``) of each channel of ``image`` (C, ...): ``CropForegroundd``'s
     ``select_fn`` for a head in noisy air, where MONAI's default (``> 0``) keeps the whole field of view."""
     image = convert_to_tensor(image, track_meta=False)
-    return torch.stack([channel_background(channel)[0] for channel in image])
+    return torch.stack([channel > channel_background(channel)[0] for channel in image])
 
 
 class ForegroundPercentileScaled(MapTransform):
     """Scale each channel of ``keys`` linearly from its background level (to ``b_min``) to the ``upper`` percentile
     of its foreground (to ``b_max``), clipped to [b_min, b_max] with ``clip``; foreground and background level as in
-    ``channel_background`` (the head, or the brain of a skull-stripped or masked scan).
+    ``channel_background`` (the head, or the brain of a skull-stripped or masked scan). With ``gap`` > 0 the line
+    ends at ``b_max - gap`` and every foreground voxel is lifted by ``gap``: a tissue as dark as the background
+    (white matter in some T1 contrasts) stays at least ``gap`` above the background level, so that the network tells
+    the brain from the background by intensity alone, as a brain-mask channel would.
 
     MONAI's ``ScaleIntensityRangePercentiles`` has neither a foreground for its percentiles nor a background anchor:
     it takes both ends from percentiles of the whole box, so with ``lower=0`` one negative voxel (common after bias
     correction) moves every other voxel, a noisy background sits above ``b_min``, and the upper percentile is diluted
     by the background. ``NormalizeIntensity(nonzero=True)`` takes the non-zero voxels as its foreground, which noisy
-    air fills, and anchors nothing. For a skull-stripped scan (background 0) this transform is
+    air fills, and anchors nothing. For a skull-stripped scan (background 0) and ``gap`` 0 this transform is
     ``ScaleIntensityRangePercentiles(lower=0, upper)`` with the percentile taken over the brain; voxels below the
     background level (negative ones) clip to ``b_min`` without moving the others.
     """
@@ -164,16 +166,21 @@ class ForegroundPercentileScaled(MapTransform):
         b_min: float = -1.0,
         b_max: float = 1.0,
         clip: bool = True,
+        gap: float = 0.0,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.upper, self.b_min, self.b_max, self.clip = upper, b_min, b_max, clip
+        if not 0 <= gap < b_max - b_min:
+            raise ValueError(f"gap must be in [0, b_max - b_min) = [0, {b_max - b_min}), got {gap}")
+        self.upper, self.b_min, self.b_max, self.clip, self.gap = upper, b_min, b_max, clip, gap
 
     def scale(self, channel: torch.Tensor) -> torch.Tensor:
-        mask, level = channel_background(channel)
+        threshold, level = channel_background(channel)
+        mask = channel > threshold
         top = float(percentile(channel[mask], self.upper)) if mask.any() else level
-        scaled = ScaleIntensityRange(level, top, self.b_min, self.b_max, clip=self.clip)(channel)
-        return convert_to_tensor(scaled, track_meta=False)
+        scaled = ScaleIntensityRange(level, top, self.b_min, self.b_max - self.gap, clip=False)(channel)
+        scaled = convert_to_tensor(scaled, track_meta=False) + self.gap * mask
+        return scaled.clamp(self.b_min, self.b_max) if self.clip else scaled
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -189,14 +196,17 @@ class RandTissueShiftd(RandomizableTransform, MapTransform):
 
     Contrast randomisation that keeps the scan's texture, noise and bias (SynthSeg redraws whole images from the
     labels instead): with offsets as large as the tissue contrasts, the order of GM and WM intensities flips, as it
-    does in the first year of life. MONAI's intensity transforms change all voxels alike and know no labels.
+    does in the first year of life. MONAI's intensity transforms change all voxels alike and know no labels. With
+    ``floor`` (the normalisation's ``b_min + gap``) a tissue shifted down stops there instead of crossing the gap
+    into the background.
     """
 
     def __init__(self, keys: KeysCollection, label_key: str = "label", offset: float = 0.5, prob: float = 0.5,
-                 num_classes: int = 4, allow_missing_keys: bool = False):  # fmt: skip
+                 num_classes: int = 4, floor: float | None = None, allow_missing_keys: bool = False):  # fmt: skip
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         self.label_key, self.offset, self.num_classes = label_key, float(offset), int(num_classes)
+        self.floor = None if floor is None else float(floor)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -209,7 +219,10 @@ class RandTissueShiftd(RandomizableTransform, MapTransform):
             image = d[key]
             shifts = self.R.uniform(-self.offset, self.offset, (image.shape[0], self.num_classes))
             offsets = torch.as_tensor(shifts, dtype=image.dtype)[:, torch.where(tissue, label, 0)]
-            d[key] = image + torch.where(tissue, offsets, torch.zeros_like(offsets))
+            shifted = image + offsets
+            if self.floor is not None:
+                shifted = shifted.clamp(min=self.floor)
+            d[key] = torch.where(tissue, shifted, image)
         return d
 
 
