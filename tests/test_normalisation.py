@@ -76,7 +76,8 @@ def test_otsu_agrees_with_itk_and_ignores_an_outlier_that_moves_itk():
     import itk
 
     def itk_otsu(x):
-        otsu = itk.OtsuThresholdImageFilter[itk.Image[itk.F, 3], itk.Image[itk.UC, 3]].New(Input=itk.image_from_array(x))
+        otsu_filter = itk.OtsuThresholdImageFilter[itk.Image[itk.F, 3], itk.Image[itk.UC, 3]]
+        otsu = otsu_filter.New(Input=itk.image_from_array(x))
         otsu.SetNumberOfHistogramBins(256)
         otsu.Update()
         return otsu.GetThreshold()
@@ -87,6 +88,8 @@ def test_otsu_agrees_with_itk_and_ignores_an_outlier_that_moves_itk():
     image.flat[0] = 50 * image.max()
     assert otsu_threshold(torch.from_numpy(image)) == pytest.approx(ours, rel=0.01)
     assert itk_otsu(image) > 1.2 * theirs
+
+
 def test_gap_lifts_the_foreground_above_the_background_by_hand():
     """The 4^3 volume above with gap 0.5: the brain's line ends at 1 - 0.5 and every brain voxel is lifted by 0.5,
     x -> -1 + 0.5 + 1.5 x / 79.65 (80 clipped at 1); the background stays -1. A brain voxel as dark as the background

@@ -40,7 +40,8 @@ def _recipe(bundle_root, name):
 def test_shipped_weights_are_small_plain_state_dicts_of_the_default_network(bundle_root, name):
     path = bundle_root / "models" / name
     assert path.stat().st_size < 25 * 2**20
-    Segmenter(len(_recipe(bundle_root, name)[0]), 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    modalities = _recipe(bundle_root, name)[0]
+    Segmenter(len(modalities), 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def _inference_parser(bundle_root, **overrides):

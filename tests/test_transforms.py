@@ -49,7 +49,8 @@ def test_every_config_normalises_with_trainings_intensity_gap(bundle_root, gap):
     transforms, (shift,) = parsed("train.yaml", "preprocessing_transforms", "train#tissue_shift")
     scalers = [t for t in transforms if isinstance(t, ForegroundPercentileScaled)]
     for config in ("inference.yaml", "synthesize.yaml"):
-        scalers += [t for t in parsed(config, "preprocessing")[0].transforms if isinstance(t, ForegroundPercentileScaled)]
+        (preprocessing,) = parsed(config, "preprocessing")
+        scalers += [t for t in preprocessing.transforms if isinstance(t, ForegroundPercentileScaled)]
     assert len(scalers) == 3 and all(t.gap == expected for t in scalers)
     assert shift.floor == pytest.approx(-1.0 + expected)
 
