@@ -37,21 +37,25 @@ def test_every_config_normalises_with_trainings_intensity_gap(bundle_root, gap):
     default), and shifted tissues stop at -1 + gap: a model meets at inference the intensities it was trained on."""
     from scripts.transforms import ForegroundPercentileScaled
 
-    def parsed(config, *ids):
+    def parser_of(config):
         parser = ConfigParser()
         parser.read_config(str(bundle_root / "configs" / config))
         parser["bundle_root"] = str(bundle_root)
         if gap is not None:
             parser["intensity_gap"] = gap  # --intensity_gap
+        return parser
+
+    def scalers(config, transforms_id):  # only the scaling transforms are built: no dataset is read or written
+        parser = parser_of(config)
+        ids = [f"{transforms_id}#{i}" for i, t in enumerate(parser[transforms_id])
+               if str(t.get("_target_", "")).endswith("ForegroundPercentileScaled")]  # fmt: skip
         return [parser.get_parsed_content(i) for i in ids]
 
     expected = 0.5 if gap is None else gap
-    transforms, (shift,) = parsed("train.yaml", "preprocessing_transforms", "train#tissue_shift")
-    scalers = [t for t in transforms if isinstance(t, ForegroundPercentileScaled)]
-    for config in ("inference.yaml", "synthesize.yaml"):
-        (preprocessing,) = parsed(config, "preprocessing")
-        scalers += [t for t in preprocessing.transforms if isinstance(t, ForegroundPercentileScaled)]
-    assert len(scalers) == 3 and all(t.gap == expected for t in scalers)
+    found = scalers("train.yaml", "preprocessing_transforms")
+    found += scalers("inference.yaml", "preprocessing#transforms") + scalers("synthesize.yaml", "preprocessing#transforms")
+    assert len(found) == 3 and all(isinstance(t, ForegroundPercentileScaled) and t.gap == expected for t in found)
+    (shift,) = parser_of("train.yaml").get_parsed_content("train#tissue_shift")
     assert shift.floor == pytest.approx(-1.0 + expected)
 
 
