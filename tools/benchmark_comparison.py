@@ -94,8 +94,8 @@ PROFILES = {
     },
     # 3000 iterations of the default configuration (network, patches, batches)
     "gpu": {"iterations": 3000, "epoch_length": 100, "val_interval": 5},
-    # the README's main job: train.yaml as it is (600 iterations, its network, patches and batches)
-    "main": {},
+    # the README's main job: train.yaml's schedule, network, patches and batches
+    "main": {"iterations": 600, "epoch_length": 50, "val_interval": 2},
 }  # fmt: skip
 # the phantom cohort (scripts.data.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
 PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
