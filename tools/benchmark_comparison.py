@@ -64,6 +64,7 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_clusters_shift": ([], {**_BEFORE_080, **_CLUSTERS, "tissue_shift_prob": 0.5}),
     "mri_gan_clusters_shift_cheap": ([], _DEFAULT_080),  # 0.8.0's default
     "mri_gan_gap": ([], {**_DEFAULT_080, "intensity_gap": 0.5}),  # 0.10.0's default
+    "supervised_gap": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5, "intensity_gap": 0.5}),  # its baseline
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.5}),
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
     "plain_unet_gap_time": None,  # the same for 0.10.0's default
@@ -83,6 +84,7 @@ LABELS = {
     "mri_gan_clusters_shift_cheap": "MRI-GAN, 0.8.0's default (the same, G idle in the warm-up, then every second iteration)",
     "mri_gan_gap": "MRI-GAN, the default (the same, brain intensities 0.5 above the background)",
     "plain_unet_gap_time": "Plain UNet (the default MRI-GAN's wall time)",
+    "supervised_gap": "Supervised, the default's preprocessing (tissue offsets, intensity gap)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
