@@ -124,7 +124,7 @@ def test_generator_arguments_and_missing_unlabelled_data_are_rejected():
 
 TINY = [
     "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "1", "--num_val", "1", "--num_test", "None", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
+    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
     "--num_workers", "0",
 ]  # fmt: skip
 

@@ -248,15 +248,16 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
 
     labelled = sorted({r["num_labeled"] for r in rows})
     fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), 3.6), sharey=True)
+    present = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     for ax, tissue in zip(axes, [*TISSUES, "mean"]):
-        for i, variant in enumerate(VARIANTS):
+        for i, variant in enumerate(present):
             mine = [r for r in rows if r["variant"] == variant]
-            if mine:
-                mean = [r["mean"] if tissue == "mean" else r["dice_mean"][tissue] for r in mine]
-                std = [r["mean_std"] if tissue == "mean" else r["dice_std"][tissue] for r in mine]
-                x = [r["num_labeled"] * 1.06 ** (i - len(VARIANTS) / 2) for r in mine]  # side by side
-                ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=LABELS[variant])
+            mean = [r["mean"] if tissue == "mean" else r["dice_mean"][tissue] for r in mine]
+            std = [r["mean_std"] if tissue == "mean" else r["dice_std"][tissue] for r in mine]
+            x = [r["num_labeled"] * 1.04 ** (i - (len(present) - 1) / 2) for r in mine]  # side by side
+            ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=LABELS[variant])
         ax.set_xscale("log", base=2)
+        ax.set_xlim(labelled[0] / 1.5, labelled[-1] * 1.5)
         ax.set_xticks(labelled, [str(n) for n in labelled])
         ax.set_title(tissue)
         ax.set_xlabel("labelled training subjects")
