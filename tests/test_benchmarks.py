@@ -43,3 +43,33 @@ def test_weights_benchmark_scores_label_maps_and_masks_full_heads(tmp_path, monk
     (tmp_path / "results.json").write_text(json.dumps(results))
     table = benchmark_weights.report(str(tmp_path / "results.json")).splitlines()
     assert table[0] == "| weights | modalities | tiny_head |" and table[2] == "| new | t1 | 0.500 / 0.600 / 0.700 (0.600) |"
+
+
+def test_cluster_benchmark_names_the_layers_of_a_ball_and_scores_a_phantom(tmp_path):
+    """``tools.benchmark_clusters``: the alternatives name CSF, GM and WM of a layered ball (bright WM core, GM shell,
+    dark CSF rim) as ``tissue_clusters`` does; ``run`` scores every labelled phantom subject, means by hand."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from scripts.data.phantom import write_iseg
+    from tools import benchmark_clusters
+
+    grid = torch.stack(torch.meshgrid(*[torch.arange(40.0)] * 3, indexing="ij")) - 19.5
+    radius = grid.norm(dim=0)
+    truth = torch.zeros(radius.shape, dtype=torch.uint8)
+    truth[radius < 16], truth[radius < 13], truth[radius < 8] = 1, 2, 3
+    image = torch.tensor([-1.0, -0.4, 0.2, 0.8])[truth.long()][None]
+    for method in (benchmark_clusters.pure_clusters, benchmark_clusters.four_clusters):
+        assert benchmark_clusters._dice(method(image)[0], truth, 3) > 0.9, method.__name__
+        assert benchmark_clusters._dice(method(image)[0], truth, 2) > 0.5, method.__name__
+
+    write_iseg(tmp_path / "data", num_labeled=2, num_unlabeled=0, shape=(40, 48, 56), seed=3)
+    benchmark_clusters.run(str(tmp_path / "data"), out=str(tmp_path / "clusters.json"))
+    saved = json.loads((tmp_path / "clusters.json").read_text())
+    assert [s["subject"] for s in saved["subjects"]] == ["subject-1", "subject-2"]
+    for method in ("kmeans", "pure", "four"):
+        rows = np.array([s[method] for s in saved["subjects"]])
+        assert rows.shape == (2, 3) and ((rows >= 0) & (rows <= 1)).all()
+        np.testing.assert_allclose(saved["mean"][method], rows.mean(0).round(3))

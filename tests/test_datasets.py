@@ -294,6 +294,32 @@ def test_split_num_test_fixes_test_set_and_unused_labelled_become_unlabelled():
     with pytest.raises(ValueError, match="2 testing"):
         ds.split_subjects(subjects, 7, num_val=2, seed=0, num_test=2)
 
+
+def test_num_test_minus_one_tests_all_the_rest_and_lower_values_fail():
+    """-1 is None's spelling on a command line (monai.bundle run drops None overrides)."""
+    subjects = _fake_subjects()
+    assert ds.split_subjects(subjects, 3, 2, seed=0, num_test=-1) == ds.split_subjects(subjects, 3, 2, seed=0)
+    assert len(ds.split_subjects(subjects, 3, 2, seed=0, num_test=-1)["testing"]) == 10 - 2 - 3
+    with pytest.raises(ValueError, match="num_test >= -1"):
+        ds.split_subjects(subjects, 3, 2, seed=0, num_test=-2)
+
+
+def test_train_config_holds_out_four_phantoms_for_testing_and_all_the_rest_of_a_dataset(bundle_root):
+    """The main job's split (2 labelled, 2 validation, 4 test of the phantom cohort) is the comparison's; a real
+    dataset's leftover labelled subjects all go to testing."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    assert parser.get_parsed_content("num_test") == 4 and parser.get_parsed_content("num_labeled") == 2
+    from tools.benchmark_comparison import COMMON, PHANTOM, PROFILES  # the main profile measures this very run
+
+    assert parser.get_parsed_content("phantom") == PHANTOM
+    for key, value in {**COMMON, **PROFILES["main"]}.items():
+        assert parser.get_parsed_content(key) == value, key
+    parser["dataset_format"] = "iseg"
+    assert parser.get_parsed_content("num_test") == -1
+
 # ---------------------------------------------------------------------------------------------------- datalists
 
 
@@ -371,7 +397,8 @@ def test_datalist_without_validation_is_split(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("scripts.data.phantom") is None, reason="scripts.data.phantom not available")
 def test_phantom_branch_writes_and_reads_iseg_layout(tmp_path):
-    first = ds.build_datalist(tmp_path / "ph", "phantom", ["t1", "t2"], num_labeled=-1, num_val=1)
-    assert first["validation"] and first["training"]
+    small = {"num_labeled": 3, "num_unlabeled": 1, "shape": [40, 48, 56]}
+    first = ds.build_datalist(tmp_path / "ph", "phantom", ["t1", "t2"], num_labeled=-1, num_val=1, phantom=small)
+    assert len(first["validation"]) == 1 and len(first["training"]) == 2 and len(first["unlabeled"]) == 1
     assert all(e["t1"].startswith(str(tmp_path / "ph")) for e in first["training"])
-    assert ds.build_datalist(tmp_path / "ph", "phantom", ["t1", "t2"], num_labeled=-1, num_val=1) == first
+    assert ds.build_datalist(tmp_path / "ph", "phantom", ["t1", "t2"], num_labeled=-1, num_val=1, phantom=small) == first

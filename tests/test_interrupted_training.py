@@ -26,7 +26,7 @@ def _recorded_iteration(path):
 def test_sigkill_mid_epoch_then_resume(bundle_root, tmp_path):
     args = [
         "--config_file", "configs/train.yaml", "--epochs", str(EPOCHS), "--epoch_length", str(EPOCH_LENGTH),
-        "--checkpoint_interval", str(INTERVAL), "--val_interval", "2", "--gan#warmup_iterations", "2", *TINY,
+        "--checkpoint#interval", str(INTERVAL), "--val_interval", "2", "--gan#warmup_iterations", "2", *TINY,
         "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"),
     ]  # fmt: skip

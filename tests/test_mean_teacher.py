@@ -91,7 +91,7 @@ def test_consistency_weight_ramps_up_as_exp_minus_5_phase_squared():
 
 
 def test_a_config_built_teacher_is_saved_and_resumed(tmp_path):
-    """configs/mean_teacher.yaml builds the teacher and lists it in resume_objects: --resume restores the EMA."""
+    """configs/mean_teacher.yaml builds the teacher and lists it in checkpoint#objects: --resume restores the EMA."""
     def build():
         trainer, net = _trainer(config_teacher=True)
         return trainer, {"network": net, "optimizer": trainer.d_optimizer, "teacher": trainer.teacher}
@@ -124,7 +124,7 @@ def test_generator_arguments_and_missing_unlabelled_data_are_rejected():
 
 TINY = [
     "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "1", "--num_val", "1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
+    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
     "--num_workers", "0",
 ]  # fmt: skip
 

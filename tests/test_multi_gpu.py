@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 TINY = [
     "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "4", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "2", "--num_val", "2", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
+    "--num_labeled", "2", "--num_val", "2", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
     "--batch_size", "1", "--num_workers", "0", "--network_features", "[4,8,16,32]", "--gan#generator_features", "[4,8,16]",
     "--gan#warmup_iterations", "0", "--val_interval", "1", "--epoch_length", "1",
     "--gan#generator_interval", "1",  # G updates in both iterations: every parameter of both networks trains

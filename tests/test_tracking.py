@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 EPOCHS, EPOCH_LENGTH, WARMUP = 2, 3, 1
 TINY = [
     "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "1", "--num_val", "1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
+    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
     "--num_workers", "0", "--network_features", "[4,8,16,32]", "--gan#generator_features", "[4,8,16]",
 ]  # fmt: skip
 

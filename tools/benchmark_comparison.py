@@ -64,6 +64,7 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_clusters_shift": ([], {**_BEFORE_080, **_CLUSTERS, "tissue_shift_prob": 0.5}),
     "mri_gan_clusters_shift_cheap": ([], _DEFAULT_080),  # 0.8.0's default
     "mri_gan_gap": ([], {**_DEFAULT_080, "intensity_gap": 0.5}),  # 0.10.0's default
+    "supervised_gap": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5, "intensity_gap": 0.5}),  # its baseline
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.5}),
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
     "plain_unet_gap_time": None,  # the same for 0.10.0's default
@@ -83,6 +84,7 @@ LABELS = {
     "mri_gan_clusters_shift_cheap": "MRI-GAN, 0.8.0's default (the same, G idle in the warm-up, then every second iteration)",
     "mri_gan_gap": "MRI-GAN, the default (the same, brain intensities 0.5 above the background)",
     "plain_unet_gap_time": "Plain UNet (the default MRI-GAN's wall time)",
+    "supervised_gap": "Supervised, the default's preprocessing (tissue offsets, intensity gap)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
 PROFILES = {
@@ -246,15 +248,16 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
 
     labelled = sorted({r["num_labeled"] for r in rows})
     fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), 3.6), sharey=True)
+    present = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     for ax, tissue in zip(axes, [*TISSUES, "mean"]):
-        for i, variant in enumerate(VARIANTS):
+        for i, variant in enumerate(present):
             mine = [r for r in rows if r["variant"] == variant]
-            if mine:
-                mean = [r["mean"] if tissue == "mean" else r["dice_mean"][tissue] for r in mine]
-                std = [r["mean_std"] if tissue == "mean" else r["dice_std"][tissue] for r in mine]
-                x = [r["num_labeled"] * 1.06 ** (i - len(VARIANTS) / 2) for r in mine]  # side by side
-                ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=LABELS[variant])
+            mean = [r["mean"] if tissue == "mean" else r["dice_mean"][tissue] for r in mine]
+            std = [r["mean_std"] if tissue == "mean" else r["dice_std"][tissue] for r in mine]
+            x = [r["num_labeled"] * 1.04 ** (i - (len(present) - 1) / 2) for r in mine]  # side by side
+            ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=LABELS[variant])
         ax.set_xscale("log", base=2)
+        ax.set_xlim(labelled[0] / 1.5, labelled[-1] * 1.5)
         ax.set_xticks(labelled, [str(n) for n in labelled])
         ax.set_title(tissue)
         ax.set_xlabel("labelled training subjects")

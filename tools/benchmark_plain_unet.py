@@ -120,7 +120,7 @@ def _bundle_phantom() -> dict:
 
 def run(
     dataset_dir=str(BUNDLE_ROOT / "data" / "phantom"), dataset_format="phantom", modalities=("t1", "t2"), num_labeled=2,
-    num_val=2, num_test=2, seed=0, split_seed=None, minutes=15, iterations=None,
+    num_val=2, num_test=4, seed=0, split_seed=None, minutes=15, iterations=None,
     out=str(BUNDLE_ROOT / "runs" / "plain_unet" / "result.json"),
     phantom=None, norm="zscore_brain", patch_size=48, sampling="brain", mask_output=True, batch=4,
     channels=(16, 32, 64, 128), roi_size=64, lr=1e-3, threads=None,

@@ -98,12 +98,15 @@ def split_subjects(
 
     Labelled subjects (sorted by id, then shuffled with ``numpy.random.default_rng(seed)``): the first ``num_val``
     go to validation, the next ``num_labeled`` to training (``-1``/``None``: all the rest). With ``num_test=None``
-    the remaining ones go to testing; with a number, the last ``num_test`` go to testing (the same subjects whatever
+    (or ``-1``, which a command line can pass: ``monai.bundle run`` drops ``None`` overrides) the remaining ones go
+    to testing; with a number, the last ``num_test`` go to testing (the same subjects whatever
     ``num_labeled`` is) and those left between training and testing join the unlabelled subjects without their
     label (the few-shot setting). Subjects without a ``label`` go to unlabeled. Lists are sorted by subject id.
     """
+    if num_test == -1:
+        num_test = None
     if num_val < 0 or (num_test is not None and num_test < 0):
-        raise InputError(f"num_val and num_test must be >= 0, got {num_val} and {num_test}")
+        raise InputError(f"num_val must be >= 0 and num_test >= -1, got {num_val} and {num_test}")
     labeled = sorted((dict(s) for s in subjects if "label" in s), key=_subject_key)
     unlabeled = [dict(s) for s in subjects if "label" not in s]
     all_rest = num_labeled is None or num_labeled < 0

@@ -50,7 +50,7 @@ class MeanTeacherTrainer(SemiSupervisedGanTrainer):
         rampup_iterations: iterations of the sigmoid ramp-up of that weight.
         noise_std: std of the Gaussian noise on the student's unlabelled patches.
         teacher: a prebuilt ``AveragedModel`` of the (unwrapped) student to use as the teacher, e.g. one the config
-            also lists in ``resume_objects`` so that it is saved and resumed (configs/mean_teacher.yaml); by default
+            also lists in ``checkpoint#objects`` so that it is saved and resumed (configs/mean_teacher.yaml); by default
             ``AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)``. A given
             teacher keeps its own averaging function (build it with the same ``ema_decay``).
         trainer_options: the other arguments of ``SemiSupervisedGanTrainer`` (``monai.engines.Trainer``'s, passed on

@@ -1,0 +1,107 @@
+"""How well the unlabelled subjects' k-means tissue classes (``scripts.transforms.tissue_clusters``, the source
+statistics of the default MRI-GAN) match the labels, beside two alternatives measured for isointense subjects.
+
+Every labelled subject of ``dataset_dir`` goes through train.yaml's deterministic preprocessing; each method's
+tissue map is scored against the label (Dice per tissue). Methods:
+
+- ``kmeans``: the bundle's ``tissue_clusters`` (3 clusters over the brain, named by anatomy).
+- ``pure``: k-means fitted on the brain's low-gradient ("pure") voxels only, below the ``quantile`` of the gradient
+  magnitude, then every brain voxel to its nearest centre: meant to keep partial-volume voxels out of the fit.
+- ``four``: 4 clusters; the one nearest the CSF cluster is taken for partial volume and its voxels go to the nearer
+  of the two tissue clusters.
+
+Both alternatives lost to ``kmeans`` on the cohort (docs/experiments.md), so the bundle keeps ``kmeans``. Run from
+the repository root:
+
+    python -m tools.benchmark_clusters run --dataset_dir bundle/data/cohort --out bundle/docs/benchmarks/clusters_cohort.json
+"""
+
+from __future__ import annotations
+
+import fire
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+from scripts.atomic import write_json
+from scripts.transforms import _dilate, kmeans, tissue_clusters
+from tools import BUNDLE_ROOT
+
+
+def _name_by_anatomy(found: torch.Tensor, brain: torch.Tensor, csf: int, rest: list[int]) -> torch.Tensor:
+    """Tissue map from cluster indices: ``csf`` given, GM = the thinner of ``rest`` (as ``tissue_clusters``)."""
+    masks = {j: found == j for j in (csf, *rest)}
+    survival = [float((~_dilate(~masks[j], 1)).sum()) / max(1, int(masks[j].sum())) for j in rest]
+    gm, wm = rest if survival[0] <= survival[1] else rest[::-1]
+    out = torch.zeros((1, *brain.shape), dtype=torch.uint8)
+    for tissue, j in ((1, csf), (2, gm), (3, wm)):
+        out[0][masks[j]] = tissue
+    return out
+
+
+def _csf_cluster(found: torch.Tensor, brain: torch.Tensor, k: int) -> int:
+    shell = _dilate(~brain, 2) & ~_dilate(~brain, 1)
+    return max(range(k), key=lambda j: float((shell & (found == j)).sum()) / max(1, int((found == j).sum())))
+
+
+def pure_clusters(image: torch.Tensor, quantile: float = 0.5, background: float = -1.0) -> torch.Tensor:
+    brain = (image > background + 1e-3).any(0)
+    grads = torch.stack([g for channel in image for g in torch.gradient(channel)]).pow(2).sum(0).sqrt()
+    level = torch.quantile(grads[brain][:: max(1, int(brain.sum()) // 100000)], quantile)
+    fit = image[:, brain & (grads <= level)].T
+    voxels = image[:, brain].T
+    found = torch.full(brain.shape, -1, dtype=torch.long)
+    found[brain] = torch.cdist(voxels, kmeans(fit[:: max(1, len(fit) // 200000)], 3)).argmin(1)
+    csf = _csf_cluster(found, brain, 3)
+    return _name_by_anatomy(found, brain, csf, [j for j in range(3) if j != csf])
+
+
+def four_clusters(image: torch.Tensor, background: float = -1.0) -> torch.Tensor:
+    brain = (image > background + 1e-3).any(0)
+    voxels = image[:, brain].T
+    centres = kmeans(voxels[:: max(1, len(voxels) // 200000)], 4)
+    nearest = torch.cdist(voxels, centres).argmin(1)
+    found = torch.full(brain.shape, -1, dtype=torch.long)
+    found[brain] = nearest
+    csf = _csf_cluster(found, brain, 4)
+    others = [j for j in range(4) if j != csf]
+    partial = min(others, key=lambda j: float((centres[j] - centres[csf]).norm()))
+    rest = [j for j in others if j != partial]
+    nearer = torch.tensor(rest)[torch.cdist(voxels, centres[rest]).argmin(1)]
+    found[brain] = torch.where(nearest == partial, nearer, nearest)
+    return _name_by_anatomy(found, brain, csf, rest)
+
+
+def _dice(found: torch.Tensor, label: torch.Tensor, tissue: int) -> float:
+    a, b = found == tissue, label == tissue
+    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+
+
+def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format: str = "iseg",
+        out: str = str(BUNDLE_ROOT / "runs" / "clusters.json"), quantile: float = 0.5) -> None:
+    """Score every method on every labelled subject; write per-subject and mean Dice (CSF, GM, WM) to ``out``."""
+    torch.set_num_threads(1)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_format": dataset_format, "dataset_dir": dataset_dir,
+                   "num_labeled": -1, "num_val": 0, "num_test": 0, "split_file": None,
+                   "output_dir": str(BUNDLE_ROOT / "runs")})  # fmt: skip
+    prep = Compose(parser.get_parsed_content("preprocessing_transforms"))
+    methods = {"kmeans": tissue_clusters, "pure": lambda im: pure_clusters(im, quantile), "four": four_clusters}
+    subjects = []
+    for entry in parser.get_parsed_content("datalist")["training"]:
+        data = prep(dict(entry))
+        image, label = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0]
+        row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0]}
+        row.update({m: [round(_dice(f(image)[0], label, t), 3) for t in (1, 2, 3)] for m, f in methods.items()})
+        print(row, flush=True)
+        subjects.append(row)
+    mean = {m: np.mean([s[m] for s in subjects], axis=0).round(3).tolist() for m in methods}
+    result = {"dataset_dir": dataset_dir, "quantile": quantile, "mean": mean, "subjects": subjects}
+    write_json(out, result)
+    print({m: (v, round(float(np.mean(v)), 3)) for m, v in mean.items()})
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run})
