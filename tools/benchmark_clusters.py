@@ -25,24 +25,8 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from scripts.atomic import write_json
-from scripts.transforms import _dilate, kmeans, tissue_clusters
+from scripts.transforms import csf_cluster, kmeans, name_clusters, tissue_clusters
 from tools import BUNDLE_ROOT
-
-
-def _name_by_anatomy(found: torch.Tensor, brain: torch.Tensor, csf: int, rest: list[int]) -> torch.Tensor:
-    """Tissue map from cluster indices: ``csf`` given, GM = the thinner of ``rest`` (as ``tissue_clusters``)."""
-    masks = {j: found == j for j in (csf, *rest)}
-    survival = [float((~_dilate(~masks[j], 1)).sum()) / max(1, int(masks[j].sum())) for j in rest]
-    gm, wm = rest if survival[0] <= survival[1] else rest[::-1]
-    out = torch.zeros((1, *brain.shape), dtype=torch.uint8)
-    for tissue, j in ((1, csf), (2, gm), (3, wm)):
-        out[0][masks[j]] = tissue
-    return out
-
-
-def _csf_cluster(found: torch.Tensor, brain: torch.Tensor, k: int) -> int:
-    shell = _dilate(~brain, 2) & ~_dilate(~brain, 1)
-    return max(range(k), key=lambda j: float((shell & (found == j)).sum()) / max(1, int((found == j).sum())))
 
 
 def pure_clusters(image: torch.Tensor, quantile: float = 0.5, background: float = -1.0) -> torch.Tensor:
@@ -53,8 +37,8 @@ def pure_clusters(image: torch.Tensor, quantile: float = 0.5, background: float 
     voxels = image[:, brain].T
     found = torch.full(brain.shape, -1, dtype=torch.long)
     found[brain] = torch.cdist(voxels, kmeans(fit[:: max(1, len(fit) // 200000)], 3)).argmin(1)
-    csf = _csf_cluster(found, brain, 3)
-    return _name_by_anatomy(found, brain, csf, [j for j in range(3) if j != csf])
+    csf = csf_cluster(found, brain, 3)
+    return name_clusters(found, csf, [j for j in range(3) if j != csf])
 
 
 def four_clusters(image: torch.Tensor, background: float = -1.0) -> torch.Tensor:
@@ -64,13 +48,13 @@ def four_clusters(image: torch.Tensor, background: float = -1.0) -> torch.Tensor
     nearest = torch.cdist(voxels, centres).argmin(1)
     found = torch.full(brain.shape, -1, dtype=torch.long)
     found[brain] = nearest
-    csf = _csf_cluster(found, brain, 4)
+    csf = csf_cluster(found, brain, 4)
     others = [j for j in range(4) if j != csf]
     partial = min(others, key=lambda j: float((centres[j] - centres[csf]).norm()))
     rest = [j for j in others if j != partial]
     nearer = torch.tensor(rest)[torch.cdist(voxels, centres[rest]).argmin(1)]
     found[brain] = torch.where(nearest == partial, nearer, nearest)
-    return _name_by_anatomy(found, brain, csf, rest)
+    return name_clusters(found, csf, rest)
 
 
 def _dice(found: torch.Tensor, label: torch.Tensor, tissue: int) -> float:

@@ -265,15 +265,27 @@ def tissue_clusters(image: torch.Tensor, background: float = -1.0, num_classes: 
     nearest = torch.cdist(voxels, kmeans(voxels[:: max(1, len(voxels) // 200000)], 3)).argmin(1)
     found = torch.full(brain.shape, -1, dtype=torch.long)
     found[brain] = nearest
-    masks = [found == j for j in range(3)]
+    csf = csf_cluster(found, brain, 3)
+    return name_clusters(found, csf, [j for j in range(3) if j != csf])
+
+
+def csf_cluster(found: torch.Tensor, brain: torch.Tensor, k: int) -> int:
+    """Of the ``k`` clusters in ``found`` (cluster index per voxel, -1 outside ``brain``), the one with the largest
+    share of its voxels in the brain's second outer layer of voxels (the extra-cerebral CSF)."""
     shell = _dilate(~brain, 2) & ~_dilate(~brain, 1)
-    csf = max(range(3), key=lambda j: float((shell & masks[j]).sum()) / max(1, int(masks[j].sum())))
-    rest = [j for j in range(3) if j != csf]
+    return max(range(k), key=lambda j: float((shell & (found == j)).sum()) / max(1, int((found == j).sum())))
+
+
+def name_clusters(found: torch.Tensor, csf: int, rest: list[int]) -> torch.Tensor:
+    """Tissue map (1, D, H, W; 1 CSF, 2 GM, 3 WM, 0 elsewhere) from cluster indices: ``csf`` is CSF and, of the two
+    clusters in ``rest``, GM is the thinner one (fewer voxels survive a one-voxel erosion)."""
+    masks = {j: found == j for j in (csf, *rest)}
     survival = [float((~_dilate(~masks[j], 1)).sum()) / max(1, int(masks[j].sum())) for j in rest]
     gm, wm = rest if survival[0] <= survival[1] else rest[::-1]
+    tissues = torch.zeros((1, *found.shape), dtype=torch.uint8)
     for tissue, j in ((1, csf), (2, gm), (3, wm)):
-        clusters[0][masks[j]] = tissue
-    return clusters
+        tissues[0][masks[j]] = tissue
+    return tissues
 
 
 class TissueClustersd(MapTransform):
