@@ -1,0 +1,118 @@
+"""Check (not a test): run every command of the model card and the README in a checkout, as a user would.
+
+Run from the repository root of a fresh clone::
+
+    python -m tools.card_commands run --out card_commands.json
+
+Every ``bash`` block of ``bundle/docs/README.md`` (the model card) and ``README.md`` is read; continuation lines are
+joined, comments dropped, and each command runs from ``bundle/`` in the order written, so later commands see what
+earlier ones wrote (evaluation reads the training run's split, export reads ``models/model.pt``). What a user would
+replace is replaced: ``/data/...`` paths by phantom subjects (iSEG layout) and NIfTI copies of them (folder
+layout, with brain masks), ``nproc_per_node=N`` by 2. Training commands get ``--iterations 4 --epoch_length 2
+--val_interval 1`` so that each finishes in about a minute on 2 cores; nothing else is changed. Set-up lines
+(``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI and the README's main job run
+the former, the docs give the latter's results. The result is one line per command with its exit status and time,
+and the last lines of its output where it failed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import fire
+
+from tools import BUNDLE_ROOT, REPO_ROOT, subprocess_env
+
+DOCS = ("bundle/docs/README.md", "README.md")
+SHORT_TRAINING = ["--iterations", "4", "--epoch_length", "2", "--val_interval", "1"]
+SKIPPED_PREFIXES = ("python3 -m venv", "cd ", "python -m tools.")
+
+
+def bash_commands(markdown: str) -> list[str]:
+    """The commands of a markdown text's ``bash`` blocks: continuation lines joined, comment lines and trailing
+    comments (`` # ...``, a ``#`` after a space) dropped; ``gan#fake_weight`` stays whole."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        text = re.sub(r"\\\n\s*", " ", block)
+        for line in text.splitlines():
+            line = re.sub(r"(^|\s)#\s.*$", "", line).strip()
+            if line:
+                commands.append(line)
+    return commands
+
+
+def _write_inputs(work: Path) -> dict[str, str]:
+    """Inputs for the documented placeholders, from the phantom dataset a training command wrote."""
+    import nibabel as nib
+    import numpy as np
+
+    phantom = BUNDLE_ROOT / "data" / "phantom"
+    iseg = work / "iseg_scans"
+    scans = work / "new_scans"
+    iseg.mkdir(parents=True, exist_ok=True)
+    scans.mkdir(parents=True, exist_ok=True)
+    for sid in (1, 15):
+        for name in ("T1", "T2"):
+            for ext in ("hdr", "img"):
+                target = iseg / f"subject-{sid}-{name}.{ext}"
+                if not target.exists():
+                    target.symlink_to(phantom / f"subject-{sid}-{name}.{ext}")
+            image = nib.load(str(phantom / f"subject-{sid}-{name}.hdr"))
+            nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine), str(scans / f"s{sid}_{name}.nii.gz"))
+        label = nib.load(str(phantom / f"subject-{sid}-label.hdr"))
+        mask = (np.asanyarray(label.dataobj) > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(mask, label.affine), str(scans / f"s{sid}_brainmask.nii.gz"))
+    return {
+        "/data/iSeg-2017-Training": str(phantom),
+        "/data/iSeg-2017-Testing": str(iseg),
+        "/data/new_scans": str(scans),
+        "/data/scans": str(scans),
+        "/data/segmentations": str(work / "segmentations"),
+        "/data/seg": str(work / "seg"),
+        "/data/": str(phantom) + "/",
+    }
+
+
+def prepare(command: str, replacements: dict[str, str]) -> list[str]:
+    """The argument list a user's shell would run, with the placeholders replaced and training shortened."""
+    for placeholder, value in replacements.items():
+        command = command.replace(placeholder, value)
+    argv = shlex.split(command.replace("nproc_per_node=N", "nproc_per_node=2"))
+    is_training = "run" in argv and "--config_file" in argv and any(
+        "train.yaml" in a or "mlflow" in a for a in argv
+    ) and not {"evaluating", "inference", "synthesize"} & set(argv)
+    return argv + SHORT_TRAINING if is_training else argv
+
+
+def run(out: str = "card_commands.json", work_dir: str = "card_inputs", timeout: int = 900) -> list[dict]:
+    """Run the documented commands in order from ``bundle/``; write ``out`` (JSON) and print one line each."""
+    work = Path(work_dir).resolve()
+    replacements: dict[str, str] | None = None
+    results = []
+    for doc in DOCS:
+        for command in bash_commands((REPO_ROOT / doc).read_text()):
+            if command.startswith(SKIPPED_PREFIXES):
+                continue
+            if replacements is None and "/data/" in command:
+                replacements = _write_inputs(work)
+            argv = prepare(command, replacements or {})
+            start = time.perf_counter()
+            proc = subprocess.run(argv, cwd=BUNDLE_ROOT, env=subprocess_env(), capture_output=True, text=True,
+                                  timeout=timeout)
+            result = {"doc": doc, "command": command, "rc": proc.returncode,
+                      "seconds": round(time.perf_counter() - start, 1)}
+            if proc.returncode:
+                result["output_tail"] = (proc.stdout + proc.stderr)[-2000:]
+            results.append(result)
+            print(f"rc {result['rc']:>3}  {result['seconds']:>6.1f} s  {doc}: {command[:110]}", flush=True)
+            Path(out).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run})
