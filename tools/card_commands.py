@@ -102,12 +102,15 @@ def run(out: str = "card_commands.json", work_dir: str = "card_inputs", timeout:
                 replacements = _write_inputs(work)
             argv = prepare(command, replacements or {})
             start = time.perf_counter()
-            proc = subprocess.run(argv, cwd=BUNDLE_ROOT, env=subprocess_env(), capture_output=True, text=True,
-                                  timeout=timeout)
-            result = {"doc": doc, "command": command, "rc": proc.returncode,
-                      "seconds": round(time.perf_counter() - start, 1)}
-            if proc.returncode:
-                result["output_tail"] = (proc.stdout + proc.stderr)[-2000:]
+            try:
+                proc = subprocess.run(argv, cwd=BUNDLE_ROOT, env=subprocess_env(), capture_output=True, text=True,
+                                      timeout=timeout)
+                rc, output = proc.returncode, proc.stdout + proc.stderr
+            except FileNotFoundError as error:  # the program itself, e.g. torchrun outside the environment
+                rc, output = 127, str(error)
+            result = {"doc": doc, "command": command, "rc": rc, "seconds": round(time.perf_counter() - start, 1)}
+            if rc:
+                result["output_tail"] = output[-2000:]
             results.append(result)
             print(f"rc {result['rc']:>3}  {result['seconds']:>6.1f} s  {doc}: {command[:110]}", flush=True)
             Path(out).write_text(json.dumps(results, indent=1))
