@@ -188,7 +188,7 @@ def test_label_value_outside_the_format(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config, preprocessing", [("train", "preprocessing_transforms"), ("synthesize", "preprocessing")]
+    "config, preprocessing", [("train", "data#preprocessing"), ("synthesize", "preprocessing")]
 )
 def test_preprocessing_stops_at_label_codes_outside_the_format(bundle_root, tmp_path, config, preprocessing):
     """MapLabelValued passes unknown codes unchanged: the preprocessing itself names the file and the codes, so that

@@ -52,7 +52,7 @@ def test_every_config_normalises_with_trainings_intensity_gap(bundle_root, gap):
         return [parser.get_parsed_content(i) for i in ids]
 
     expected = 0.5 if gap is None else gap
-    found = scalers("train.yaml", "preprocessing_transforms")
+    found = scalers("train.yaml", "data#preprocessing")
     found += scalers("inference.yaml", "preprocessing#transforms") + scalers("synthesize.yaml", "preprocessing#transforms")
     assert len(found) == 3 and all(isinstance(t, ForegroundPercentileScaled) and t.gap == expected for t in found)
     (shift,) = parser_of("train.yaml").get_parsed_content("train#tissue_shift")

@@ -71,7 +71,7 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
     parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_format": dataset_format, "dataset_dir": dataset_dir,
                    "num_labeled": -1, "num_val": 0, "num_test": 0, "split_file": None,
                    "output_dir": str(BUNDLE_ROOT / "runs")})  # fmt: skip
-    prep = Compose(parser.get_parsed_content("preprocessing_transforms"))
+    prep = Compose(parser.get_parsed_content("data#preprocessing"))
     methods = {"kmeans": tissue_clusters, "pure": lambda im: pure_clusters(im, quantile), "four": four_clusters}
     subjects = []
     for entry in parser.get_parsed_content("datalist")["training"]:
