@@ -56,7 +56,7 @@ def _write_inputs(work: Path) -> dict[str, str]:
     scans = work / "new_scans"
     iseg.mkdir(parents=True, exist_ok=True)
     scans.mkdir(parents=True, exist_ok=True)
-    for sid in (1, 15):
+    for sid in (1, 2):  # labelled subjects: their labels give the brain masks
         for name in ("T1", "T2"):
             for ext in ("hdr", "img"):
                 target = iseg / f"subject-{sid}-{name}.{ext}"
