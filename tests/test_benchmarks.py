@@ -73,3 +73,23 @@ def test_cluster_benchmark_names_the_layers_of_a_ball_and_scores_a_phantom(tmp_p
         rows = np.array([s[method] for s in saved["subjects"]])
         assert rows.shape == (2, 3) and ((rows >= 0) & (rows <= 1)).all()
         np.testing.assert_allclose(saved["mean"][method], rows.mean(0).round(3))
+
+
+def test_card_commands_reads_the_commands_a_user_would_type():
+    """``tools.card_commands``: continuation lines joined, comments dropped but ``gan#...`` kept, placeholders
+    replaced, and only training commands shortened."""
+    from tools.card_commands import SHORT_TRAINING, bash_commands, prepare
+
+    markdown = (
+        "text\n```bash\n# a comment line\npython -m monai.bundle run training --config_file configs/train.yaml \\\n"
+        "    --gan#fake_weight 2.0   # the K+1 term\n"
+        "python -m monai.bundle run inference --config_file configs/inference.yaml --dataset_dir /data/scans\n```\n"
+        "```python\nprint('not bash')\n```\n"
+    )
+    training, inference = bash_commands(markdown)
+    assert training == "python -m monai.bundle run training --config_file configs/train.yaml --gan#fake_weight 2.0"
+    assert prepare(training, {}) == training.split() + SHORT_TRAINING
+    assert prepare(inference, {"/data/scans": "/tmp/s"})[-2:] == ["--dataset_dir", "/tmp/s"]
+    evaluating = "python -m monai.bundle run evaluating --config_file \"['configs/train.yaml','configs/evaluate.yaml']\""
+    assert prepare(evaluating, {})[-1] == "['configs/train.yaml','configs/evaluate.yaml']"
+    assert "--nproc_per_node=2" in prepare("torchrun --standalone --nproc_per_node=N -m monai.bundle run training", {})

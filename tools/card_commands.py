@@ -38,7 +38,7 @@ def bash_commands(markdown: str) -> list[str]:
     comments (`` # ...``, a ``#`` after a space) dropped; ``gan#fake_weight`` stays whole."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
-        text = re.sub(r"\\\n\s*", " ", block)
+        text = re.sub(r"\s*\\\n\s*", " ", block)
         for line in text.splitlines():
             line = re.sub(r"(^|\s)#\s.*$", "", line).strip()
             if line:
