@@ -90,6 +90,8 @@ def test_card_commands_reads_the_commands_a_user_would_type():
     assert training == "python -m monai.bundle run training --config_file configs/train.yaml --gan#fake_weight 2.0"
     assert prepare(training, {}) == training.split() + SHORT_TRAINING
     assert prepare(inference, {"/data/scans": "/tmp/s"})[-2:] == ["--dataset_dir", "/tmp/s"]
+    nested = {"/data/scans": "/work/bundle/data/scans", "/data/": "/work/bundle/data/phantom/"}
+    assert prepare(inference, nested)[-1] == "/work/bundle/data/scans"  # replaced once, not again by "/data/"
     evaluating = "python -m monai.bundle run evaluating --config_file \"['configs/train.yaml','configs/evaluate.yaml']\""
     assert prepare(evaluating, {})[-1] == "['configs/train.yaml','configs/evaluate.yaml']"
     assert "--nproc_per_node=2" in prepare("torchrun --standalone --nproc_per_node=N -m monai.bundle run training", {})

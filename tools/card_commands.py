@@ -80,8 +80,9 @@ def _write_inputs(work: Path) -> dict[str, str]:
 
 def prepare(command: str, replacements: dict[str, str]) -> list[str]:
     """The argument list a user's shell would run, with the placeholders replaced and training shortened."""
-    for placeholder, value in replacements.items():
-        command = command.replace(placeholder, value)
+    if replacements:  # one pass, longest placeholder first: a replaced path is not replaced again
+        pattern = "|".join(re.escape(p) for p in sorted(replacements, key=len, reverse=True))
+        command = re.sub(pattern, lambda match: replacements[match.group(0)], command)
     argv = shlex.split(command.replace("nproc_per_node=N", "nproc_per_node=2"))
     is_training = "run" in argv and "--config_file" in argv and any(
         "train.yaml" in a or "mlflow" in a for a in argv
