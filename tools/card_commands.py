@@ -12,7 +12,9 @@ layout, with brain masks), ``nproc_per_node=N`` by 2. Training commands get ``--
 --val_interval 1`` so that each finishes in about a minute on 2 cores; nothing else is changed. Set-up lines
 (``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI and the README's main job run
 the former, the docs give the latter's results. The result is one line per command with its exit status and time,
-and the last lines of its output where it failed.
+and the last lines of its output where it failed. Run it in a fresh clone: the commands write where a user's would
+(``runs/``, ``models/``, ``eval/``, ``synthetic/`` of the bundle), and before the second document these are put back
+as committed (the phantom data in ``data/`` is kept), as for a user who reads only that document.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ from tools import BUNDLE_ROOT, REPO_ROOT, subprocess_env
 DOCS = ("bundle/docs/README.md", "README.md")
 SHORT_TRAINING = ["--iterations", "4", "--epoch_length", "2", "--val_interval", "1"]
 SKIPPED_PREFIXES = ("python3 -m venv", "cd ", "python -m tools.")
+OUTPUTS = ("runs", "eval", "synthetic")  # the bundle's default output folders; models/ is restored from git
 
 
 def bash_commands(markdown: str) -> list[str]:
@@ -90,12 +94,22 @@ def prepare(command: str, replacements: dict[str, str]) -> list[str]:
     return argv + SHORT_TRAINING if is_training else argv
 
 
-def run(out: str = "card_commands.json", work_dir: str = "card_inputs", timeout: int = 900) -> list[dict]:
+def _restore_outputs() -> None:
+    """Remove what earlier commands wrote into the bundle (not ``data/``) and restore ``models/`` as committed."""
+    for name in OUTPUTS:
+        shutil.rmtree(BUNDLE_ROOT / name, ignore_errors=True)
+    subprocess.run(["git", "checkout", "--", "bundle/models"], cwd=REPO_ROOT, check=True)
+    subprocess.run(["git", "clean", "-fdqx", "bundle/models"], cwd=REPO_ROOT, check=True)
+
+
+def run(out: str = "card_commands.json", work_dir: str = "card_inputs", timeout: int = 900) -> None:
     """Run the documented commands in order from ``bundle/``; write ``out`` (JSON) and print one line each."""
     work = Path(work_dir).resolve()
     replacements: dict[str, str] | None = None
     results = []
-    for doc in DOCS:
+    for index, doc in enumerate(DOCS):
+        if index:
+            _restore_outputs()
         for command in bash_commands((REPO_ROOT / doc).read_text()):
             if command.startswith(SKIPPED_PREFIXES):
                 continue
@@ -115,7 +129,6 @@ def run(out: str = "card_commands.json", work_dir: str = "card_inputs", timeout:
             results.append(result)
             print(f"rc {result['rc']:>3}  {result['seconds']:>6.1f} s  {doc}: {command[:110]}", flush=True)
             Path(out).write_text(json.dumps(results, indent=1))
-    return results
 
 
 if __name__ == "__main__":
