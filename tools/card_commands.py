@@ -88,9 +88,8 @@ def prepare(command: str, replacements: dict[str, str]) -> list[str]:
         pattern = "|".join(re.escape(p) for p in sorted(replacements, key=len, reverse=True))
         command = re.sub(pattern, lambda match: replacements[match.group(0)], command)
     argv = shlex.split(command.replace("nproc_per_node=N", "nproc_per_node=2"))
-    is_training = "run" in argv and "--config_file" in argv and any(
-        "train.yaml" in a or "mlflow" in a for a in argv
-    ) and not {"evaluating", "inference", "synthesize"} & set(argv)
+    other_run_ids = {"evaluating", "inference", "synthesize"}
+    is_training = "run" in argv and any("train.yaml" in a for a in argv) and not other_run_ids & set(argv)
     return argv + SHORT_TRAINING if is_training else argv
 
 
