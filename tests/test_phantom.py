@@ -141,6 +141,16 @@ def test_unknown_preset_and_layout_are_refused(tmp_path):
         phantom.write_dataset(tmp_path, layout="brats")
 
 
+def test_write_dataset_reads_flag_strings_as_booleans(tmp_path, monkeypatch):
+    """``--phantom "{cohort: false}"`` passes the string 'false', which Python counts as true."""
+    received = {}
+    monkeypatch.setattr(phantom, "write_iseg", lambda out_dir, **kwargs: received.update(kwargs) or [])
+    phantom.write_dataset(tmp_path, cohort="false", head="True", randomize=False, folded="0", num_labeled=2)
+    assert received == {"cohort": False, "head": True, "randomize": False, "folded": False, "num_labeled": 2}
+    with pytest.raises(ValueError, match="true or false"):
+        phantom.write_dataset(tmp_path, cohort="sometimes")
+
+
 def test_write_iseg_layout_and_formats(iseg_dir):
     names = {f"subject-{n}-{kind}.{ext}" for n in (1, 2, 3) for kind in ("T1", "T2") for ext in ("hdr", "img")}
     names |= {f"subject-{n}-label.{ext}" for n in (1, 2) for ext in ("hdr", "img")}

@@ -64,9 +64,11 @@ import numpy as np
 from scipy import ndimage
 
 from ..atomic import write_json
+from ..checks import as_bool
 
 TISSUES = ("background", "CSF", "GM", "WM")
 PRESETS = {"infant": ("t1", "t2"), "adult": ("t1", "t1_ir", "flair")}
+FLAGS = ("cohort", "head", "randomize", "folded")  # write_dataset's on/off options
 
 # MRBrainS13 structure codes (0 is background).
 _CORTEX, _DEEP_GM, _WM, _LESION, _OUTER_CSF, _VENTRICLE, _CEREBELLUM, _BRAINSTEM = range(1, 9)
@@ -209,11 +211,13 @@ def write_dataset(out_dir, layout="iseg", **kwargs) -> list[str]:
 
     ``out_dir/phantom.json`` records the arguments: a complete dataset written with the same arguments is kept as
     it is (nothing is rewritten), a phantom dataset with other arguments is replaced, and a non-empty folder without
-    the marker is refused with a ValueError. Files are written to a staging folder and renamed into place.
+    the marker is refused with a ValueError. Files are written to a staging folder and renamed into place. The
+    flags may be ``true``/``false`` strings, as a ``--phantom "{cohort: false}"`` override passes them (not truthy).
     """
     writers = {"iseg": write_iseg, "mrbrains13": write_mrbrains13}
     if layout not in writers:
         raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(writers)}")
+    kwargs = {k: as_bool(v) if k in FLAGS else v for k, v in kwargs.items()}
     return writers[layout](out_dir, **kwargs)
 
 
