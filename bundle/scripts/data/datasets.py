@@ -23,7 +23,7 @@ from ..checks import InputError, MissingInputError
 
 IGNORE_LABEL = 255
 CSF, GM, WM = 1, 2, 3  # class indices of the tissues (0: background)
-FORMATS = ("iseg", "mrbrains13", "mrbrains18", "datalist", "folder", "phantom")
+FORMATS = ("iseg", "mrbrains13", "mrbrains18", "datalist", "folder", "phantom", "anatomy")
 SPLITS = ("training", "validation", "testing", "unlabeled")
 
 # MRBrainS codes: 1 cortical GM, 2 basal ganglia, 3 WM, 4 WM lesions, 5 extracerebral CSF, 6 ventricles,
@@ -41,8 +41,8 @@ def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
     """``(orig_labels, target_labels)`` for ``MapLabelValued``: dataset codes -> 0 bg, 1 CSF, 2 GM, 3 WM, IGNORE_LABEL.
 
     iseg/phantom: 0, 10, 150, 250 -> 0..3; mrbrains13: 1,2 -> GM, 3,4 -> WM, 5,6 -> CSF, 7,8 -> ignore;
-    mrbrains18: the same plus 9,10 -> ignore; datalist/folder: identity on 0..3 and IGNORE_LABEL (MONAI Label studies
-    written by ``tools.monailabel_studies``).
+    mrbrains18: the same plus 9,10 -> ignore; datalist/folder/anatomy: identity on 0..3 and IGNORE_LABEL (MONAI Label
+    studies written by ``tools.monailabel_studies``, the merged targets of ``scripts.data.anatomy``).
     """
     fmt = _check_format(dataset_format)
     if fmt in ("iseg", "phantom"):
@@ -57,7 +57,7 @@ def label_mapping(dataset_format: str) -> tuple[list[int], list[int]]:
 def modality_names(dataset_format: str) -> tuple[str, ...] | None:
     """Modalities a format provides; ``None`` for datalist/folder, whose entries may use any key."""
     fmt = _check_format(dataset_format)
-    if fmt in ("iseg", "phantom"):
+    if fmt in ("iseg", "phantom", "anatomy"):
         return ("t1", "t2")
     if fmt in ("mrbrains13", "mrbrains18"):
         return ("t1", "t1_ir", "flair")
@@ -73,7 +73,7 @@ def find_subjects(dataset_dir, dataset_format: str, modalities, suffixes: dict |
     """
     fmt = _check_format(dataset_format)
     modalities = _check_modalities(fmt, modalities)
-    if fmt == "datalist":
+    if fmt in ("datalist", "anatomy"):
         lists = load_datalist(_datalist_file(dataset_dir), modalities)
         return sorted((e for name in SPLITS for e in lists[name]), key=_subject_key)
     root = _existing_dir(dataset_dir)
@@ -147,11 +147,15 @@ def build_datalist(
     split_file=None,
     phantom: dict | None = None,
     num_test: int | None = None,
+    anatomy: dict | None = None,
 ) -> dict:
     """Find the subjects of ``dataset_dir`` and split them (see ``find_subjects`` and ``split_subjects``).
 
     ``phantom``: first write (idempotently) a seeded phantom dataset in the iSEG layout into ``dataset_dir``,
     with ``phantom`` as keyword arguments of ``scripts.data.phantom.write_dataset``, then read it as ``iseg``.
+    ``anatomy``: first render (idempotently) scans from the real label maps into ``dataset_dir``, with ``anatomy`` as
+    keyword arguments of ``scripts.data.anatomy.write_dataset``, then read its ``datalist.json`` (whose split keeps the
+    renders of one map together and the test maps out of training).
     ``datalist``: a split with a non-empty ``validation`` list is kept as is (``num_labeled >= 0`` keeps the first
     ``num_labeled`` training entries); otherwise its ``training`` entries are split and its ``testing`` and
     ``unlabeled`` entries added. ``num_test``: see ``split_subjects``. ``split_file``: also write the split there as a MONAI datalist JSON (feed it back
@@ -164,6 +168,11 @@ def build_datalist(
 
         write_dataset(dataset_dir, layout="iseg", **(phantom or {}))
         fmt = "iseg"
+    elif fmt == "anatomy":
+        from .anatomy import write_dataset as write_anatomy
+
+        write_anatomy(dataset_dir, **(anatomy or {}))
+        fmt = "datalist"
     try:
         if fmt == "datalist":
             split = _split_datalist(_datalist_file(dataset_dir), modalities, num_labeled, num_val, seed, num_test)

@@ -1,0 +1,262 @@
+"""Real anatomy: SynthSeg's 16 label maps of real heads (``bundle/anatomy/``, Billot et al. 2023), their labels
+merged to CSF / GM / WM, and datasets of scans rendered from them (``scripts.data.rendering``).
+
+``write_dataset`` renders training subjects (random contrast, affine and smooth deformation, bias, blur, thick
+slices, noise; whole heads and skull-stripped brains) from every map but the held-out ones, validation and test
+subjects with fixed realistic contrasts (``SCENARIOS``), and a MONAI datalist ``datalist.json`` that keeps renders of
+one map in one split. Maps ``TEST_MAPS`` never reach training or validation: they are the real-anatomy test.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    LoadImage,
+    RandAffined,
+    RandBiasFieldd,
+    RandGaussianSmoothd,
+    RandRicianNoised,
+    RandSmoothDeformd,
+)
+
+from ..atomic import write_json
+from ..checks import InputError
+from .datasets import CSF, GM, IGNORE_LABEL, WM
+from .phantom import _save_nifti, _write_once
+from .rendering import MODALITIES, RandLabelContrastd, RandThickSlicesd
+
+ANATOMY_DIR = Path(__file__).resolve().parents[2] / "anatomy"
+TEST_MAPS = (4, 11, 16)  # the real-anatomy test: never trained or tuned on
+VALIDATION_MAPS = (1,)
+HEAD_CODES = 500  # FreeSurfer codes from here on are extra-cerebral head tissues (SynthSeg's 502-530): background
+
+# Targets. Cerebellum is mapped (its cortex is GM and its white matter WM, with the cerebrum's contrast, as iSEG
+# labels it); the brain stem and ventral DC, mixtures of grey nuclei and white tracts, and the small unnamed or
+# vascular labels are ignored in the loss and the metrics (as MRBrainS ignores the brain stem).
+TISSUE_OF_CODE: dict[int, int] = {
+    **dict.fromkeys((4, 5, 14, 15, 24, 43, 44, 72), CSF),
+    **dict.fromkeys((3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 17, 53, 18, 54, 26, 58), GM),
+    **dict.fromkeys((2, 41, 7, 46, 25, 57), WM),
+    **dict.fromkeys((16, 28, 60, 30, 62, 85, 136, 137, 163, 164), IGNORE_LABEL),
+}
+
+# Fixed realistic contrasts of validation, test and the benchmark (tools.benchmark_weights): (CSF, GM, WM) means per
+# modality, skull stripping, partial-volume blur (Gaussian sigma, voxels), bias coefficients, Rician noise std (WM is
+# about 0.75: SNR 25 at 0.03), slice thickness (voxels; 0: 1 mm).
+_ADULT = {"t1": (0.2, 0.5, 0.75), "t2": (0.9, 0.55, 0.4)}
+_ISOINTENSE = {"t1": (0.15, 0.5, 0.47), "t2": (0.9, 0.5, 0.53)}  # infant of about 6 months (age 0.425)
+_SCANNER = {"strip": True, "blur": 0.6, "bias": 0.15, "noise": 0.03, "slices": 0}
+SCENARIOS: dict[str, dict] = {
+    "adult": {"means": _ADULT, **_SCANNER},
+    "infant_isointense": {"means": _ISOINTENSE, **_SCANNER},
+    "whole_head": {"means": _ADULT, **_SCANNER, "strip": False},
+    "strong_bias": {"means": _ADULT, **_SCANNER, "bias": 0.5},
+    "noisy_head": {"means": _ADULT, **_SCANNER, "strip": False, "noise": 0.08},
+    "thick_slices": {"means": _ADULT, **_SCANNER, "slices": 4.0},
+}
+
+
+def map_path(index: int, anatomy_dir=ANATOMY_DIR) -> Path:
+    """Path of label map ``index`` (1..16)."""
+    return Path(anatomy_dir) / f"seg_{int(index):02d}.nii.gz"
+
+
+def map_indices(anatomy_dir=ANATOMY_DIR) -> list[int]:
+    """The indices of the label maps in ``anatomy_dir``."""
+    return sorted(int(p.name[4:6]) for p in Path(anatomy_dir).glob("seg_[0-9][0-9].nii.gz"))
+
+
+def read_label_map(path) -> torch.Tensor:
+    """A label map as a (1, X, Y, Z) float32 MetaTensor of integer FreeSurfer codes (rounded: some maps store floats).
+
+    Raises an ``InputError`` naming the file when it is missing, holds non-integer or negative values, or brain codes
+    (below ``HEAD_CODES``) that ``TISSUE_OF_CODE`` does not know."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"label map not found: {path}")
+    labels = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(str(path))
+    values = np.asarray(labels)
+    rounded = np.rint(values)
+    if np.abs(values - rounded).max() > 1e-3 or rounded.min() < 0:
+        raise InputError(f"label map {path} holds non-integer or negative values: not a label map")
+    unknown = sorted(int(c) for c in np.unique(rounded) if 0 < c < HEAD_CODES and int(c) not in TISSUE_OF_CODE)
+    if unknown:
+        raise InputError(f"label map {path} holds brain codes {unknown} that scripts.data.anatomy does not know")
+    return MetaTensor(torch.as_tensor(rounded, dtype=torch.float32), meta=labels.meta)
+
+
+def merge_labels(codes) -> np.ndarray:
+    """FreeSurfer codes -> 0 background, 1 CSF, 2 GM, 3 WM, ``IGNORE_LABEL`` (uint8). Unknown codes and the head's
+    tissues are background. A lookup table: ``MapLabelValued`` would compare the volume once per code."""
+    codes = np.asarray(codes).astype(np.int64)
+    table = np.zeros(max(int(codes.max()) + 1, HEAD_CODES), dtype=np.uint8)
+    for code, tissue in TISSUE_OF_CODE.items():
+        table[code] = tissue
+    return table[codes]
+
+
+def brain_mask(codes) -> np.ndarray:
+    """Voxels of brain labels (every code in 1..``HEAD_CODES``-1): the mask of a skull-stripped scan."""
+    codes = np.asarray(codes)
+    return (codes > 0) & (codes < HEAD_CODES)
+
+
+def random_render(shape, modalities=MODALITIES, contrast="plausible", infant_prob=0.0) -> Compose:
+    """The training render of a label map of ``shape`` under key ``label``: affine and smooth deformation, a
+    Gaussian intensity per label and channel (``RandLabelContrastd``), partial-volume blur, thick slices, bias field
+    and Rician noise into ``image``."""
+    return Compose([
+        RandAffined("label", prob=1.0, rotate_range=(0.26,) * 3, scale_range=(0.12,) * 3, shear_range=(0.02,) * 6,
+                    mode="nearest", padding_mode="zeros"),
+        RandSmoothDeformd("label", spatial_size=shape, rand_size=(8, 8, 8), prob=1.0, def_range=0.03,
+                          grid_mode="nearest", field_mode="trilinear"),
+        RandLabelContrastd("label", modalities=modalities, contrast=contrast, infant_prob=infant_prob),
+        RandGaussianSmoothd("image", sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.0), prob=0.5),
+        RandThickSlicesd("image", thickness=(2.0, 5.0), prob=0.2),
+        RandBiasFieldd("image", degree=3, coeff_range=(0.0, 0.3), prob=0.8),
+        RandRicianNoised("image", std=0.06, prob=0.8, sample_std=True, channel_wise=True),
+    ])
+
+
+def fixed_render(scenario: str, modalities=MODALITIES) -> Compose:
+    """The render of one of ``SCENARIOS``: fixed tissue means, no deformation; the bias field's shape, the labels'
+    jitter and the noise still drawn."""
+    s = SCENARIOS[scenario]
+    sigma = (s["blur"], s["blur"])
+    transforms = [RandLabelContrastd("label", modalities=modalities, means=[s["means"][m] for m in modalities],
+                                     std=(0.03, 0.03), jitter=0.02),
+                  RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=1.0)]
+    if s["slices"]:
+        transforms.append(RandThickSlicesd("image", thickness=(s["slices"], s["slices"]), prob=1.0))
+    transforms += [RandBiasFieldd("image", degree=3, coeff_range=(s["bias"], s["bias"]), prob=1.0),
+                   RandRicianNoised("image", std=s["noise"], prob=1.0, sample_std=False, channel_wise=True)]
+    return Compose(transforms)
+
+
+def render_subject(labels: torch.Tensor, render: Compose, strip: bool, seed: int) -> dict:
+    """``render`` the label map ``labels`` with ``seed``; ``strip``: zero outside the brain (after the noise, as a
+    skull-stripping tool leaves it). Returns ``image`` (C, ...), ``label`` (merged targets), ``mask`` (brain), all
+    cropped to the head (or the brain) with an 8-voxel margin."""
+    render.set_random_state(seed=seed)
+    d = render({"label": labels})
+    codes = np.asarray(d["label"][0])
+    mask = brain_mask(codes)
+    image = np.asarray(d["image"], dtype=np.float32).clip(min=0.0) * (mask if strip else 1.0)
+    out = {"image": image, "label": merge_labels(codes)[None], "mask": mask[None].astype(np.uint8),
+           "head": (codes > 0)[None]}
+    crop = CropForegroundd(["image", "label", "mask"], source_key="head", margin=8, allow_smaller=True)
+    out = crop(out)
+    affine = np.asarray(getattr(labels, "affine", np.eye(4)), dtype=float).copy()  # the map's: no random rotation
+    start = _crop_start(codes > 0, 8)
+    affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return {"image": np.asarray(out["image"]), "label": np.asarray(out["label"][0]),
+            "mask": np.asarray(out["mask"][0]), "affine": affine}
+
+
+def _crop_start(head: np.ndarray, margin: int) -> np.ndarray:
+    """First voxel of ``CropForegroundd``'s box around ``head`` with ``margin`` (for the cropped affine)."""
+    return np.maximum(np.argwhere(head).min(0) - margin, 0)
+
+
+def save_subject(folder: Path, subject: str, rendered: dict, modalities=MODALITIES) -> dict:
+    """Write a rendered subject as ``<subject>_<MODALITY>.nii`` (float32), ``_label`` and ``_mask`` (.nii.gz,
+    uint8); return its datalist entry (paths relative to ``folder``)."""
+    entry = {"subject": subject}
+    for c, modality in enumerate(modalities):
+        entry[modality] = f"{subject}_{modality.upper()}.nii"
+        _save_nifti(rendered["image"][c], rendered["affine"], folder / entry[modality])
+    for key in ("label", "mask"):
+        entry[key] = f"{subject}_{key}.nii.gz"
+        _save_nifti(rendered[key].astype(np.uint8), rendered["affine"], folder / entry[key])
+    return entry
+
+
+def render_jobs(
+    maps,
+    renders_per_map: int = 4,
+    validation: tuple[str, ...] = ("adult", "whole_head"),
+    testing: tuple[str, ...] = ("adult", "whole_head"),
+    seed: int = 0,
+) -> list[tuple]:
+    """The subjects of a dataset rendered from the label maps ``maps`` (indices), as ``(split, subject, map index,
+    scenario, render seed)``: ``renders_per_map`` random renders (scenario ``random``) of every map but ``TEST_MAPS``
+    and ``VALIDATION_MAPS`` for training, the validation and test maps in each of the named ``SCENARIOS``."""
+    train_maps = [i for i in maps if i not in TEST_MAPS and i not in VALIDATION_MAPS]
+    jobs = [("training", f"m{i:02d}r{r}", i, "random", seed * 1000 + i * 10 + r)
+            for i in train_maps for r in range(renders_per_map)]
+    jobs += [(split, f"m{i:02d}_{name}", i, name, seed * 1000 + 500 + i)
+             for split, held, names in (("validation", VALIDATION_MAPS, validation), ("testing", TEST_MAPS, testing))
+             for i in held if i in maps for name in names]
+    return jobs
+
+
+def write_job(job: tuple, folder, anatomy_dir=ANATOMY_DIR, contrast="plausible", infant_prob=0.0,
+              strip_prob=0.5) -> dict:
+    """Render and save one subject of ``render_jobs`` into ``folder``; its datalist entry. Random renders use
+    ``random_render`` (skull-stripped with probability ``strip_prob``), the others ``fixed_render``."""
+    torch.set_num_threads(1)  # one subject per process
+    _, subject, index, scenario, seed = job
+    labels = read_label_map(map_path(index, anatomy_dir))
+    if scenario == "random":
+        render = random_render(labels.shape[1:], contrast=contrast, infant_prob=infant_prob)
+        strip = bool(np.random.default_rng(seed).uniform() < strip_prob)
+    else:
+        render, strip = fixed_render(scenario), SCENARIOS[scenario]["strip"]
+    return save_subject(Path(folder), subject, render_subject(labels, render, strip, seed))
+
+
+def write_dataset(
+    out_dir,
+    renders_per_map: int = 4,
+    contrast: str = "plausible",
+    infant_prob: float = 0.0,
+    strip_prob: float = 0.5,
+    validation: tuple[str, ...] = ("adult", "whole_head"),
+    testing: tuple[str, ...] = ("adult", "whole_head"),
+    seed: int = 0,
+    anatomy_dir=ANATOMY_DIR,
+) -> str:
+    """Render a dataset from the label maps into ``out_dir`` (once: an identical complete one is kept) and return
+    the path of its MONAI datalist ``datalist.json`` (training, validation and testing lists), one process per core.
+
+    The subjects are ``render_jobs``'; both modalities are written and a run reads those it needs. ``contrast``,
+    ``infant_prob``: ``RandLabelContrastd``'s.
+    """
+    indices = map_indices(anatomy_dir)
+    if not indices:
+        raise InputError(f"no label maps seg_NN.nii.gz in {anatomy_dir}")
+    jobs = render_jobs(indices, renders_per_map, validation, testing, seed)
+    arguments = {"renders_per_map": renders_per_map, "contrast": contrast, "infant_prob": infant_prob,
+                 "strip_prob": strip_prob, "validation": list(validation), "testing": list(testing), "seed": seed,
+                 "maps": indices}
+
+    def write(folder):
+        options = {"anatomy_dir": str(anatomy_dir), "contrast": contrast, "infant_prob": infant_prob,
+                   "strip_prob": strip_prob}
+        workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            entries = list(pool.map(functools.partial(write_job, folder=str(folder), **options), jobs))
+        lists = {"training": [], "validation": [], "testing": []}
+        for (split, *_), entry in zip(jobs, entries):
+            lists[split].append(entry)
+        write_json(Path(folder) / "datalist.json", lists)
+        return [e["subject"] for e in entries]
+
+    _write_once(out_dir, "anatomy", arguments, write)
+    return str(Path(out_dir) / "datalist.json")
+
+
+__all__ = ["ANATOMY_DIR", "SCENARIOS", "TEST_MAPS", "TISSUE_OF_CODE", "VALIDATION_MAPS", "brain_mask", "fixed_render",
+           "map_path", "merge_labels", "random_render", "read_label_map", "render_jobs", "render_subject", "write_dataset",
+           "write_job"]

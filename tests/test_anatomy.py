@@ -1,0 +1,153 @@
+"""Tests of the real-anatomy data: the shipped label maps and their licence, the label-map reader, the label merge,
+the renderer (``scripts.data.rendering``) and the rendered datasets (``scripts.data.anatomy``); small crops only."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+import scripts.data.anatomy as anatomy
+from scripts.checks import InputError
+from scripts.data.datasets import IGNORE_LABEL, build_datalist
+from scripts.data.rendering import RandLabelContrastd, tissue_means, thick_slices
+
+CODES = [0, 2, 3, 4, 16, 24, 41, 507, 8, 10, 25, 60]
+MERGED = [0, 3, 2, 1, IGNORE_LABEL, 1, 3, 0, 2, 2, 3, IGNORE_LABEL]  # by hand from the docstring's choices
+
+
+def _save(path, array, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), str(path))
+
+
+@pytest.fixture(scope="module")
+def crop():
+    """A 40^3 crop of real map 02 around the brain's centre: every tissue, head tissue and air."""
+    labels = np.asarray(nib.load(str(anatomy.map_path(2))).dataobj)
+    centre = np.argwhere(anatomy.brain_mask(labels)).mean(0).astype(int)
+    lo = centre - [20, 20, 20]
+    lo[1] = max(lo[1] - 60, 0)  # towards the top of the head (axis 1 is I-S): skull and scalp in the crop
+    return labels[lo[0] : lo[0] + 40, lo[1] : lo[1] + 40, lo[2] : lo[2] + 40].astype(np.uint16)
+
+
+def test_maps_travel_with_their_licence_and_citation(bundle_root):
+    folder = bundle_root / "anatomy"
+    assert anatomy.map_indices(folder) == list(range(1, 17))
+    assert "Apache License" in (folder / "LICENSE-SynthSeg.txt").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "Billot" in readme and "Medical Image Analysis" in readme and "LICENSE-SynthSeg.txt" in readme
+    held_out = ", ".join(f"{i:02d}" for i in anatomy.TEST_MAPS[:-1]) + f" and {anatomy.TEST_MAPS[-1]:02d}"
+    assert held_out in readme.replace("\n", " ")
+    image = nib.load(str(anatomy.map_path(16)))
+    assert image.get_data_dtype() == np.uint16 and nib.aff2axcodes(image.affine) == ("L", "I", "A")
+
+
+def test_test_maps_are_never_trained_or_validated_on():
+    assert not set(anatomy.TEST_MAPS) & set(anatomy.VALIDATION_MAPS)
+    assert len(anatomy.TEST_MAPS) == 3
+
+
+def test_merge_labels_by_hand():
+    np.testing.assert_array_equal(anatomy.merge_labels(np.array(CODES)), MERGED)
+    np.testing.assert_array_equal(anatomy.merge_labels(np.array([530, 999, 0])), [0, 0, 0])  # head tissue, unknown
+    np.testing.assert_array_equal(anatomy.brain_mask(np.array([0, 2, 24, 507, 16])), [False, True, True, False, True])
+
+
+def test_read_label_map_rounds_stored_floats(tmp_path):
+    _save(tmp_path / "float.nii.gz", np.array(CODES, dtype=np.float32).reshape(2, 3, 2) + 1e-5)
+    labels = anatomy.read_label_map(tmp_path / "float.nii.gz")
+    assert isinstance(labels, MetaTensor) and labels.shape == (1, 2, 3, 2)
+    np.testing.assert_array_equal(np.asarray(labels).ravel(), CODES)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [([0.0, 2.5, 3.0, 0.0], "non-integer"), ([0, -2, 3, 0], "non-integer or negative"), ([0, 2, 99, 0], "[99]")],
+)
+def test_read_label_map_names_the_file_and_the_problem(tmp_path, values, message):
+    path = tmp_path / "bad_map.nii.gz"
+    _save(path, np.array(values, dtype=np.float32).reshape(2, 2, 1))
+    with pytest.raises(InputError, match="bad_map.nii.gz") as error:
+        anatomy.read_label_map(path)
+    assert message in str(error.value)
+    with pytest.raises(InputError, match="not found"):
+        anatomy.read_label_map(tmp_path / "missing.nii.gz")
+
+
+def test_contrast_with_fixed_means_paints_each_label_by_its_tissue_mix():
+    labels = MetaTensor(torch.tensor([[0, 24, 3, 2, 12, 507]], dtype=torch.float32).reshape(1, 6, 1, 1))
+    render = RandLabelContrastd("label", modalities=["t1"], means=[(0.2, 0.5, 0.8)], std=(0.0, 0.0), jitter=0.0)
+    image = np.asarray(render({"label": labels})["image"]).ravel()
+    np.testing.assert_allclose(image[:5], [0.0, 0.2, 0.5, 0.8, 0.75 * 0.5 + 0.25 * 0.8], atol=1e-6)  # putamen mix
+    assert 0.0 <= image[5] <= 1.0  # head tissue: anywhere
+
+
+def test_plausible_contrast_keeps_each_modality_in_order():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        csf, gm, wm = tissue_means(rng, "t1", None)
+        assert csf < gm < wm
+        csf, gm, wm = tissue_means(rng, "t2", None)
+        assert csf > gm > wm
+        assert tissue_means(rng, "t1", 0.0)[2] < tissue_means(rng, "t1", 0.0)[1] + 0.03  # newborn: T1 WM darker
+        csf, gm, wm = tissue_means(rng, "t2", 0.0)
+        assert wm > gm - 0.03 and csf > gm
+
+
+def test_random_contrast_breaks_the_order_sometimes():
+    labels = MetaTensor(torch.tensor([[24, 3, 2]], dtype=torch.float32).reshape(1, 3, 1, 1))
+    render = RandLabelContrastd("label", modalities=["t1"], contrast="random", std=(0.0, 0.0))
+    render.set_random_state(0)
+    ordered = [bool(np.all(np.diff(np.asarray(render({"label": labels})["image"]).ravel()) > 0)) for _ in range(60)]
+    assert 0 < sum(ordered) < 30  # about 1 in 6 draws keeps CSF < GM < WM
+
+
+def test_thick_slices_average_slabs_along_one_axis():
+    image = torch.zeros(1, 4, 4, 40)
+    image[..., ::2] = 1.0  # alternating slices
+    thick = thick_slices(image, axis=2, step=4.0)
+    assert thick.shape == image.shape
+    np.testing.assert_allclose(thick[..., 4:36].numpy(), 0.5, atol=1e-6)  # each 4-slice slab averages to 1/2
+    np.testing.assert_array_equal(thick_slices(image, axis=0, step=4.0).numpy(), image.numpy())  # constant along x
+
+
+def test_render_subject_skull_stripped_and_whole_head(crop):
+    labels = MetaTensor(torch.as_tensor(crop[None].astype(np.float32)), affine=torch.eye(4))
+    for strip in (True, False):
+        rendered = anatomy.render_subject(labels, anatomy.random_render(crop.shape), strip=strip, seed=3)
+        image, label = rendered["image"], rendered["label"]
+        assert image.shape[0] == 2 and image.shape[1:] == label.shape == rendered["mask"].shape
+        assert np.isfinite(image).all() and set(np.unique(label)) <= {0, 1, 2, 3, IGNORE_LABEL}
+        outside = rendered["mask"] == 0
+        assert (label[outside] == 0).all()
+        if strip:
+            assert (image[:, outside] == 0).all()
+        else:
+            assert (image[:, outside] > 0).mean() > 0.9  # head tissue and noisy air
+    fixed = anatomy.render_subject(labels, anatomy.fixed_render("adult", ["t1"]), strip=True, seed=3)
+    t1, label = fixed["image"][0], fixed["label"]
+    means = [float(t1[label == tissue].mean()) for tissue in (1, 2, 3)]
+    assert means[0] < means[1] < means[2]  # adult T1 contrast survives bias and noise
+
+
+def test_write_dataset_keeps_maps_in_their_split(tmp_path, crop):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for index in (1, 2, 3, *anatomy.TEST_MAPS):
+        _save(maps / f"seg_{index:02d}.nii.gz", crop)
+    out = tmp_path / "data"
+    path = anatomy.write_dataset(out, renders_per_map=2, validation=("adult",), testing=("whole_head",),
+                                 anatomy_dir=maps)
+    lists = json.loads(open(path).read())
+    assert [e["subject"] for e in lists["training"]] == ["m02r0", "m02r1", "m03r0", "m03r1"]
+    assert [e["subject"] for e in lists["validation"]] == ["m01_adult"]
+    assert [e["subject"] for e in lists["testing"]] == [f"m{i:02d}_whole_head" for i in anatomy.TEST_MAPS]
+    first = (out / "m02r0_T1.nii").stat().st_mtime_ns
+    anatomy.write_dataset(out, renders_per_map=2, validation=("adult",), testing=("whole_head",), anatomy_dir=maps)
+    assert (out / "m02r0_T1.nii").stat().st_mtime_ns == first  # the same dataset is not written again
+    split = build_datalist(out, "anatomy", ["t1"], num_labeled=-1, num_val=0,
+                           anatomy={"renders_per_map": 2, "validation": ("adult",), "testing": ("whole_head",),
+                                    "anatomy_dir": str(maps)})
+    assert [e["subject"] for e in split["validation"]] == ["m01_adult"] and len(split["training"]) == 4
