@@ -30,8 +30,12 @@ def test_mean_and_spread_over_seeds_by_hand():
     assert rows[0]["dice_std"]["CSF"] == 0.0  # one seed: no spread, not NaN
 
 
-def test_transfer_figure(tmp_path):
-    pytest.importorskip("matplotlib")
+def test_transfer_figure(tmp_path, monkeypatch):
+    """One row per modality of four middle axial slices: source, target tissues, the synthetic image's channel of
+    that modality, target; an 11 x 6.4 inch PNG at 100 dpi with the tissues in viridis."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    import matplotlib.image
     from tools.transfer_figure import draw
 
     def save(name, data):
@@ -39,11 +43,27 @@ def test_transfer_figure(tmp_path):
         return str(tmp_path / name)
 
     rng = np.random.default_rng(0)
-    images = [save(f"{n}.nii.gz", rng.random((8, 9, 10))) for n in ("s1", "s2", "t1", "t2")]
-    label = save("label.nii.gz", rng.integers(0, 4, (8, 9, 10)))
-    synthetic = save("synth.nii.gz", rng.random((8, 9, 10, 2)))
+    volumes = {n: rng.random((8, 9, 10)) for n in ("s1", "s2", "t1", "t2")}
+    images = [save(f"{n}.nii.gz", v) for n, v in volumes.items()]
+    label_data, synthetic_data = rng.integers(0, 4, (8, 9, 10)), rng.random((8, 9, 10, 2))
+    label, synthetic = save("label.nii.gz", label_data), save("synth.nii.gz", synthetic_data)
+    shown, imshow = [], matplotlib.axes.Axes.imshow  # (axes, array) of every panel
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, x, **k: shown.append((ax, x)) or imshow(ax, x, **k))
     out = draw(images[:2], label, images[2:], synthetic, out=str(tmp_path / "fig.png"))
-    assert (tmp_path / "fig.png").stat().st_size > 1000 and out.endswith("fig.png")
+    panels = {ax.get_title(): x for ax, x in shown}
+    assert [ax.get_title() for ax, _ in shown] == [
+        t for m in ("T1", "T2") for t in (f"source {m}", "target tissues", f"synthetic {m}", f"target's own {m}")
+    ]  # two rows of four
+    np.testing.assert_array_equal(panels["target tissues"], label_data[:, :, 5].T)  # the middle axial slice
+    for row, (modality, source, target) in enumerate((("T1", "s1", "t1"), ("T2", "s2", "t2"))):
+        for title, expected in ((f"synthetic {modality}", synthetic_data[:, :, 5, row]),
+                                (f"source {modality}", volumes[source][:, :, 5]),
+                                (f"target's own {modality}", volumes[target][:, :, 5])):  # fmt: skip
+            assert np.corrcoef(panels[title].ravel(), expected.T.ravel())[0, 1] > 0.95, title
+    png = matplotlib.image.imread(out)
+    assert out.endswith("fig.png") and png.shape[:2] == (640, 1100)
+    yellow = np.abs(png[..., :3] - matplotlib.colormaps["viridis"](1.0)[:3]).max(-1) < 2 / 255  # WM, label 3
+    assert yellow.sum() > 100 and len(np.unique(png[..., 0])) > 100  # the tissues and the grey-level images
 
 
 def test_plain_baselines_train_for_the_time_of_their_reference_run(tmp_path, monkeypatch):

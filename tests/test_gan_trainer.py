@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
 from ignite.engine import Events
 
 from scripts.engines.gan import SemiSupervisedGanTrainer, frozen
@@ -172,6 +173,37 @@ def test_non_finite_loss_skips_the_update_and_is_counted(caplog):
     assert not _changed(d0, net)
     assert trainer.state.nonfinite_steps == 2
     assert "non-finite discriminator loss (total nan) at iteration 1" in caplog.text
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """An initialised gloo process group of one process, as torchrun's processes have."""
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("other_finite", [True, False])
+def test_non_finite_loss_in_another_process_skips_the_update_here_too(one_process_group, monkeypatch, caplog,
+                                                                      other_finite):
+    """Distributed, every process skips a step together (MAX all-reduce of the non-finite flag): one process that
+    backpropagated alone would wait forever in DDP's gradient all-reduce. The other process is simulated by the flag
+    it adds to the real gloo all-reduce of this one's."""
+    ops, all_reduce = [], dist.all_reduce
+
+    def with_another_process(tensor, op=dist.ReduceOp.SUM, **kwargs):
+        all_reduce(tensor, op=op, **kwargs)
+        ops.append(op)
+        tensor.copy_(torch.maximum(tensor, torch.tensor(0.0 if other_finite else 1.0)))
+
+    monkeypatch.setattr(dist, "all_reduce", with_another_process)
+    trainer, net, gen = _trainer("mri", max_nonfinite=5)
+    d0, g0 = _params(net), _params(gen)
+    trainer.run()
+    assert ops == [dist.ReduceOp.MAX] * 4  # D's and G's step in each of the 2 iterations
+    assert _changed(d0, net) == _changed(g0, gen) == other_finite
+    assert trainer.state.nonfinite_steps == (0 if other_finite else 4)
+    assert other_finite or "non-finite discriminator loss in another process at iteration 1" in caplog.text
 
 
 def test_non_finite_input_leaves_batch_norm_statistics_untouched():

@@ -169,6 +169,21 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
     assert parser.get_parsed_content("train#unlabeled#dataset#data") == [{"image": s["image"]} for s in studies[:2]]
 
 
+@pytest.mark.parametrize("max_epochs, warmup", [(1, 12), (3, 37), (50, 625)])  # int(0.25 * max_epochs * 50)
+def test_schedules_follow_monailabel_max_epochs(bundle_root, max_epochs, warmup):
+    """MONAI Label overrides train#trainer#max_epochs only: the GAN's warm-up and ramp (a quarter of the run each at
+    epoch_length 50) and the cosine T_max follow it, not the 600 iterations (12 epochs) of `epochs`."""
+    parser = _parser(bundle_root, "train.yaml")
+    parser.update({"train#trainer#max_epochs": max_epochs})
+    schedule = ("gan#warmup_iterations", "gan#rampup_iterations", "gan#generator_start_iterations")
+    assert [parser.get_parsed_content(k) for k in schedule] == [warmup] * 3
+    assert [parser.get_parsed_content(f"{s}#T_max") for s in ("lr_scheduler", "g_lr_scheduler")] == [max_epochs] * 2
+    teacher = ConfigParser()
+    teacher.read_config([str(bundle_root / "configs" / c) for c in ("train.yaml", "mean_teacher.yaml")])
+    teacher.update({"bundle_root": str(bundle_root), "train#trainer#max_epochs": max_epochs})
+    assert teacher.get_parsed_content("train#trainer#rampup_iterations") == int(0.4 * max_epochs * 50)
+
+
 def test_dataset_folder_becomes_monailabel_studies(tmp_path):
     from scripts.data.phantom import write_iseg
     from tools.monailabel_studies import write_studies

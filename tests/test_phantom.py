@@ -297,12 +297,20 @@ def test_write_iseg_cohort_records_the_option(tmp_path):
 
 
 def test_cohort_figure(tmp_path):
+    """A column per subject (2 inches wide) of T1, T2 (grey levels) and label (CSF, GM and WM in their colours)."""
     pytest.importorskip("matplotlib")
-    from tools.cohort_figure import draw
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+    from tools.cohort_figure import LABEL_COLOURS, draw
 
     out = tmp_path / "figures" / "cohort.png"
     assert draw(out, num_subjects=2, shape=(32, 40, 48)) == str(out)
-    assert out.stat().st_size > 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = imread(out)[..., :3]
+    assert png.shape[:2] == (790, 400)  # 100 dpi: 2 x 2 inches wide, 3 rows of 2 x 40/32 inches + 0.4 high
+    for colour in LABEL_COLOURS[1:]:
+        assert (np.abs(png - to_rgb(colour)).max(-1) < 2 / 255).any(), colour
+    grey = png[(png[..., 0] == png[..., 1]) & (png[..., 1] == png[..., 2])]
+    assert len(np.unique(grey[:, 0])) > 100  # the T1 and T2 panels' grey levels
 
 
 # ---- head, randomize, folded, adult iSEG (opt-in, issue 11) -------------------------------------------------------

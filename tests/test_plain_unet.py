@@ -5,6 +5,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from monai.networks.nets import UNet
 
 from scripts.data.datasets import label_mapping
 from scripts.data.phantom import write_iseg
@@ -54,23 +56,42 @@ def iseg_dir(tmp_path_factory):
     return data
 
 
-def _tiny_run(data, out, **options):
+class _GreyUNet(UNet):
+    """The UNet with a large GM bias on its logits: it trains and infers as usual but predicts GM everywhere, so that
+    the Dice is known."""
+
+    def forward(self, x):
+        return super().forward(x) + torch.tensor([0.0, 0.0, 1e3, 0.0]).view(1, -1, 1, 1, 1)
+
+
+def _tiny_run(data, out, monkeypatch, **options):
+    """A tiny run whose UNet predicts GM everywhere; returns its result and the test subject's Dice computed by
+    hand: GM against the brain (T1 or T2 above 0) with ``mask_output``, else against the whole volume."""
+    monkeypatch.setattr("tools.benchmark_plain_unet.UNet", _GreyUNet)
     run(dataset_dir=str(data), dataset_format="iseg", num_labeled=1, num_val=1, num_test=1, patch_size=16,
         roi_size=24, channels=(4, 8), batch=2, threads=1, out=str(out), **options)
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    volume = {m: np.asarray(nib.load(str(data / f"{result['per_subject'][0]['subject']}-{m}.hdr")).dataobj)
+              for m in ("T1", "T2", "label")}  # fmt: skip
+    gm = volume["label"] == 150
+    predicted = (volume["T1"] > 0) | (volume["T2"] > 0) if options.get("mask_output", True) else np.ones_like(gm)
+    expected = {"CSF": 0.0, "GM": 2 * (gm & predicted).sum() / (gm.sum() + predicted.sum()), "WM": 0.0}
+    return result, expected
 
 
-def test_tiny_run_writes_dice_per_tissue(iseg_dir, tmp_path):
-    result = _tiny_run(iseg_dir, tmp_path / "result.json", iterations=3)
-    assert set(result["dice"]) == {"CSF", "GM", "WM"}
-    assert all(0 <= v <= 1 for v in result["dice"].values())
+def test_tiny_run_writes_dice_per_tissue(iseg_dir, tmp_path, monkeypatch):
+    result, expected = _tiny_run(iseg_dir, tmp_path / "result.json", monkeypatch, iterations=3)
+    assert result["dice"] == pytest.approx(expected) and 0.3 < expected["GM"] < 0.9
+    assert {k: result["per_subject"][0][k] for k in expected} == pytest.approx(expected)
+    assert result["mean_dice"] == pytest.approx(expected["GM"] / 3)
     assert result["iterations"] == 3
     assert len(result["per_subject"]) == 1 and len(result["training_subjects"]) == 1
     assert result["options"]["patch_size"] == [16, 16, 16] and result["options"]["norm"] == "zscore_brain"
 
 
-def test_tiny_run_with_the_other_choices(iseg_dir, tmp_path):
-    result = _tiny_run(iseg_dir, tmp_path / "result.json", iterations=2, norm="percentile", sampling="random",
-                       mask_output=False)
-    assert result["iterations"] == 2 and all(0 <= v <= 1 for v in result["dice"].values())
+def test_tiny_run_with_the_other_choices(iseg_dir, tmp_path, monkeypatch):
+    """Without mask_output the GM predicted outside the brain counts against the Dice."""
+    result, expected = _tiny_run(iseg_dir, tmp_path / "result.json", monkeypatch, iterations=2, norm="percentile",
+                                 sampling="random", mask_output=False)  # fmt: skip
+    assert result["iterations"] == 2 and result["dice"] == pytest.approx(expected) and expected["GM"] < 0.3
     assert result["options"]["sampling"] == "random" and result["options"]["mask_output"] is False

@@ -1,7 +1,9 @@
 """End-to-end runs of the training and evaluation workflows on tiny phantom data, as a user runs them."""
 
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -79,13 +81,21 @@ def test_evaluation_on_test_split(trained, bundle_root, tmp_path):
 
 
 def test_monai_label_run_id(bundle_root, tmp_path):
-    """MONAI Label trains through the default `run` id and overrides train#trainer#max_epochs."""
+    """MONAI Label trains through the default `run` id and overrides train#trainer#max_epochs only: the GAN's schedule
+    follows it (warm-up a quarter of the 4 iterations, not of `epochs`' 600) and the generator trains."""
     _bundle(
-        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1", "--epoch_length", "1", *TINY,
-        "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
+        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1", "--epoch_length", "4",
+        *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "1",
     )  # fmt: skip
-    assert (tmp_path / "models" / "model.pt").exists()
+    last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["trainer"]["iteration"] == 4
+    # G idle through the warm-up (iteration 1), then updated every generator_interval (2): iterations 2 and 4
+    assert float(last["g_optimizer"]["state"][0]["step"]) == 2
+    assert last["lr_scheduler"]["T_max"] == last["g_lr_scheduler"]["T_max"] == 1
+    Segmenter(2, 4).load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+    generator = torch.load(tmp_path / "models" / "generator.pt", weights_only=True)["generator"]
+    assert all(torch.equal(v, last["generator"][k]) for k, v in generator.items())  # the trained G, saved with D
 
 
 @pytest.mark.parametrize("variant", ["supervised", "standard_gan"])
@@ -163,14 +173,23 @@ def test_batches_of_two_volumes(bundle_root, tmp_path, crop_sampling):
     tiny = [a for a in TINY]
     tiny[tiny.index("--num_labeled") + 1] = "2"
     tiny[tiny.index("--phantom#num_labeled") + 1] = "4"
+    probe = tmp_path / "probe.yaml"  # saves the last labelled batch: its shape and the file of every patch
+    image = "@train#trainer.state.output[0]['image']"
+    save = f"{{'shape': tuple({image}.shape), 'files': {image}.meta['filename_or_obj']}}, '{tmp_path / 'batch.pt'}'"
+    probe.write_text(f'+run: ["$torch.save({save})"]\n')
     _bundle(
-        bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", "--epoch_length", "2",
-        "--gan#warmup_iterations", "1", "--val_interval", "5", "--batch_size", "2", "--crop_sampling", crop_sampling,
-        *tiny, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
-        "--ckpt_dir", str(tmp_path / "models"),
+        bundle_root, "training", "--config_file", f"['configs/train.yaml','{probe}']", "--epochs", "1",
+        "--epoch_length", "2", "--gan#warmup_iterations", "1", "--val_interval", "5", "--batch_size", "2",
+        "--crop_sampling", crop_sampling, *tiny, "--dataset_dir", str(tmp_path / "phantom"),
+        "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
     )  # fmt: skip
     last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert last["trainer"]["iteration"] == 2
+    batch = torch.load(tmp_path / "batch.pt", weights_only=False)
+    assert batch["shape"] == (4, 2, 16, 16, 16)  # 2 volumes x samples_per_volume (2) patches, T1 and T2
+    training = [e["subject"] for e in json.loads((tmp_path / "runs" / "split.json").read_text())["training"]]
+    patches = collections.Counter(re.search(r"subject-\d+", f).group() for f in batch["files"])
+    assert len(training) == 2 and patches == {subject: 2 for subject in training}
 
 
 @pytest.mark.parametrize("variant, start", [(None, 150), ("supervised", 0), ("mean_teacher", 0)])
@@ -203,3 +222,20 @@ def test_generator_idles_through_the_warmup_and_fast_reconstructs_fewer(bundle_r
     assert parser.get_parsed_content("train#trainer#generator_start", lazy=False) == 150
     assert parser.get_parsed_content("train#trainer#generator_interval", lazy=False) == 2
     assert parser.get_parsed_content("train#trainer#reconstruction_patches", lazy=False) == patches
+
+
+def test_init_ckpt_starts_the_segmenter_from_given_weights(bundle_root, tmp_path):
+    """--init_ckpt loads a model.pt into the segmenter before training: with a learning rate of 0 its convolutions
+    come out as they went in (batch-norm running statistics still move)."""
+    start = Segmenter(2, 4, features=(8, 16))
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    _bundle(
+        bundle_root, "training", "--config_file", "['configs/train.yaml','configs/supervised.yaml']",
+        "--init_ckpt", str(tmp_path / "start.pt"), "--network_features", "[8,16]", "--learning_rate", "0",
+        "--epochs", "1", "--epoch_length", "1", "--val_interval", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+        "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
+    )  # fmt: skip
+    saved = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    convolutions = [k for k in saved if k.endswith("conv.weight")]
+    assert convolutions and all(torch.equal(saved[k], start.state_dict()[k]) for k in convolutions)
+    assert not torch.equal(saved["stem.conv_0.adn.N.running_mean"], start.state_dict()["stem.conv_0.adn.N.running_mean"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from scripts.checks import InputError
 from scripts.transforms import RandTissueShiftd, TissueClustersd, tissue_clusters
 
 
@@ -89,6 +90,26 @@ def test_tissue_clusters_transform_adds_the_map_and_keeps_the_image():
     image, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
     out = TissueClustersd("image")({"image": image.clone()})
     assert torch.equal(out["image"], image) and torch.equal(out["clusters"][0].long(), label)
+
+
+def test_tissue_clusters_of_a_whole_head_keep_to_the_brain_mask(tmp_path):
+    """A bright scalp around the brain: with the brain mask (a ``mask`` in the data, as inference loads it) the map is
+    the brain's tissues alone; without one the scalp counts as brain, and a mask not loaded is left out, with a
+    warning."""
+    image, label = _layered_brain((0.2, 0.3), (0.6, 0.0), size=40)
+    radius = torch.stack(torch.meshgrid(*[torch.arange(40.0) - 20] * 3, indexing="ij")).norm(dim=0)
+    scalp = (radius >= 17) & (radius < 19)  # outside the skull (15-17 voxels, dark)
+    image[:, scalp] = 0.9
+    mask = (label > 0)[None].to(torch.uint8)
+    out = TissueClustersd("image")({"image": image.clone(), "mask": mask})
+    assert torch.equal(out["clusters"][0].long(), label)
+    unmasked = tissue_clusters(image)
+    assert (unmasked[0][scalp] > 0).all()  # the scalp taken for tissue
+    with pytest.warns(UserWarning, match="mask.nii.gz is not loaded"):
+        out = TissueClustersd("image")({"image": image, "mask": str(tmp_path / "mask.nii.gz")})
+    assert torch.equal(out["clusters"], unmasked)
+    with pytest.raises(InputError, match=r"brain mask mask has shape \(1, 40, 40, 39\)"):
+        TissueClustersd("image")({"image": image, "mask": mask[..., 1:]})
 
 
 @pytest.mark.parametrize(

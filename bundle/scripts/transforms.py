@@ -6,8 +6,10 @@ tissue clusters."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -245,12 +247,17 @@ def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return dilate(mask[None, None].float(), 2 * radius + 1)[0, 0] > 0
 
 
-def tissue_clusters(image: torch.Tensor, background: float = -1.0, num_classes: int = 4) -> torch.Tensor:
-    """Tissue map (1, D, H, W) of a skull-stripped, normalised scan (C, D, H, W; background at ``background``) from
-    its intensities and the layout of the brain alone, no segmenter: k-means clusters of the brain voxels, then CSF =
-    the cluster with the largest share of its voxels in the brain's second outer layer (the extra-cerebral CSF;
-    the first layer, partial volume, is left out) and, of the other two, GM = the thinner one (fewer voxels
-    survive a one-voxel erosion: the cortical ribbon against the bulk of WM). Right whatever the contrast order,
+def tissue_clusters(
+    image: torch.Tensor, background: float = -1.0, num_classes: int = 4, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Tissue map (1, D, H, W) of a normalised scan (C, D, H, W; background at ``background``) from its intensities
+    and the layout of the brain alone, no segmenter. The brain is the voxels above the background inside ``mask``
+    (a brain mask on the image's grid, (1, D, H, W) or (D, H, W), > 0 inside); without a mask, all voxels above the
+    background, which is the brain of a skull-stripped scan only: on a whole head, scalp and skull are clustered
+    too. k-means clusters of the brain voxels, then CSF = the cluster with the largest share of its voxels in the
+    brain's second outer layer (the extra-cerebral CSF; the first layer, partial volume, is left out) and, of the
+    other two, GM = the thinner one (fewer voxels survive a one-voxel erosion: the cortical ribbon against the bulk
+    of WM). Right whatever the contrast order,
     which is what the segmenter of a few labelled subjects gets wrong (docs/experiments.md). Where GM and WM are
     nearly isointense, k-means splits off the partial-volume voxels between CSF and tissue instead, which then pass
     for GM, and GM and WM share the other cluster. Labels 1, 2, 3 = CSF, GM, WM; 0 outside the brain."""
@@ -258,6 +265,12 @@ def tissue_clusters(image: torch.Tensor, background: float = -1.0, num_classes: 
         raise ValueError(f"tissue_clusters finds CSF, GM and WM: num_classes must be 4, got {num_classes}")
     image = torch.as_tensor(image).float()
     brain = (image > background + 1e-3).any(0)
+    if mask is not None:
+        if tuple(mask.shape) not in (tuple(brain.shape), (1, *brain.shape)):
+            source = getattr(mask, "meta", {}).get("filename_or_obj", "mask")
+            raise InputError(f"brain mask {source} has shape {tuple(mask.shape)} but the image {tuple(image.shape)}: "
+                             "the mask must be on the image's voxel grid")
+        brain &= torch.as_tensor(mask).reshape(brain.shape) > 0
     clusters = torch.zeros((1, *brain.shape), dtype=torch.uint8)
     voxels = image[:, brain].T
     if len(voxels) < 3:
@@ -292,16 +305,28 @@ class TissueClustersd(MapTransform):
     """Write ``tissue_clusters`` of ``keys`` (a normalised image) under ``output_key``: the unlabelled subjects'
     tissue classes for the statistics of the generator with ``gan#source_classes: clusters``. MONAI has no
     unsupervised tissue classifier (FSL FAST or Atropos do this with a Markov random field; this is the plain
-    k-means part)."""
+    k-means part).
 
-    def __init__(self, keys: KeysCollection, output_key: str = "clusters", background: float = -1.0):
+    The brain is the subject's brain mask ``mask_key`` where the data holds it loaded on the image's grid (the
+    optional ``mask`` that inference.yaml loads); otherwise every voxel above the background, right for
+    skull-stripped scans only: on a whole head k-means clusters scalp and skull too. A mask still a file path (not
+    loaded, as in train.yaml's preprocessing) is left out with a warning."""
+
+    def __init__(
+        self, keys: KeysCollection, output_key: str = "clusters", background: float = -1.0, mask_key: str = "mask"
+    ):
         super().__init__(keys)
-        self.output_key, self.background = output_key, float(background)
+        self.output_key, self.background, self.mask_key = output_key, float(background), mask_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         key = self.first_key(d)
         image = d[key]
-        clusters = tissue_clusters(torch.as_tensor(image), self.background)
+        mask = d.get(self.mask_key)
+        if mask is not None and not isinstance(mask, (torch.Tensor, np.ndarray)):
+            warnings.warn(f"TissueClustersd: brain mask {mask} is not loaded; clustering every voxel above the "
+                          "background (scalp and skull too, on a whole head)")
+            mask = None
+        clusters = tissue_clusters(torch.as_tensor(image), self.background, mask=mask)
         d[self.output_key] = MetaTensor(clusters, meta=dict(image.meta)) if isinstance(image, MetaTensor) else clusters
         return d

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.distributed as dist
 from ignite.metrics import Metric
 from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
@@ -83,12 +84,12 @@ class SemiSupervisedGanTrainer(Trainer):
     Without a generator (and without unlabelled data) this is plain supervised training of the segmenter with the
     same data and schedule.
 
-    A non-finite loss skips that step's update (D's batch-norm statistics included) and is counted in
-    ``engine.state.nonfinite_steps``, with the non-finite terms in the log; ``max_nonfinite``
-    consecutive ones stop training with an error. ``engine.state.output`` is a one-item list, the form MONAI's
-    handlers read with ``from_engine(keys, first=True)`` (e.g. ``--tracking mlflow``); its dict holds the batch's
-    images, labels, fakes, the labelled logits (``pred``), ``loss`` (the discriminator total) and every loss term as
-    ``loss_d_*``/``loss_g_*``.
+    A non-finite loss skips that step's update (D's batch-norm statistics included), in all processes of a
+    distributed run together, and is counted in ``engine.state.nonfinite_steps``, with the non-finite terms in the
+    log; ``max_nonfinite`` consecutive ones stop training with an error. ``engine.state.output`` is a one-item
+    list, the form MONAI's handlers read with ``from_engine(keys, first=True)`` (e.g. ``--tracking mlflow``); its
+    dict holds the batch's images, labels, fakes, the labelled logits (``pred``), ``loss`` (the discriminator total)
+    and every loss term as ``loss_d_*``/``loss_g_*``.
 
     Args:
         network: the segmenter, D. Its ``forward_features`` gives the features for feature matching.
@@ -342,16 +343,31 @@ class SemiSupervisedGanTrainer(Trainer):
         return unlabeled[torch.arange(n, device=unlabeled.device) % unlabeled.shape[0]]
 
     def _finite(self, engine: SemiSupervisedGanTrainer, terms: dict[str, torch.Tensor], which: str) -> bool:
-        if torch.isfinite(terms["total"]):
+        """Whether the step's update is taken: its loss is finite in every process (``_finite_everywhere``)."""
+        local = bool(torch.isfinite(terms["total"]))
+        if self._finite_everywhere(local):
             return True
         engine.state.nonfinite_steps += 1
-        bad = [f"{k} {v.item()}" for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
-        bad = ", ".join(bad) or f"total {terms['total'].item()}"
+        if local:
+            where = "in another process"
+        else:
+            bad = [f"{k} {v.item()}" for k, v in terms.items() if k != "total" and not torch.isfinite(v)]
+            where = "(" + (", ".join(bad) or f"total {terms['total'].item()}") + ")"
         logger.warning(
-            f"non-finite {which} loss ({bad}) at iteration {engine.state.iteration}: update skipped "
+            f"non-finite {which} loss {where} at iteration {engine.state.iteration}: update skipped "
             f"({engine.state.nonfinite_steps} skipped so far)"
         )
         return False
+
+    def _finite_everywhere(self, finite: bool) -> bool:
+        """``finite`` of this process and of all others (an all-reduce with MAX of the non-finite flag) when
+        ``torch.distributed`` is initialised: every process skips the update together, as one that skipped its
+        backward pass alone would leave the others waiting in DDP's gradient all-reduce."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return finite
+        flag = torch.tensor(0.0 if finite else 1.0, device=self.state.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not flag.item()
 
     def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         scaler.scale(loss).backward()
