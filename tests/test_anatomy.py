@@ -151,3 +151,24 @@ def test_write_dataset_keeps_maps_in_their_split(tmp_path, crop):
                            anatomy={"renders_per_map": 2, "validation": ("adult",), "testing": ("whole_head",),
                                     "anatomy_dir": str(maps)})
     assert [e["subject"] for e in split["validation"]] == ["m01_adult"] and len(split["training"]) == 4
+
+
+def test_head_tissues_plausible_or_anywhere():
+    from scripts.data.rendering import HEAD_RANGES
+
+    labels = MetaTensor(torch.tensor([[511, 515, 506, 502]], dtype=torch.float32).reshape(1, 4, 1, 1))
+    fixed = RandLabelContrastd("label", modalities=["t1", "t2"], means=[(0.2, 0.5, 0.8), (0.9, 0.5, 0.4)],
+                               std=(0.0, 0.0))
+    image = np.asarray(fixed({"label": labels})["image"])[:, :, 0, 0]
+    np.testing.assert_allclose(image[:, :3], [[0.8, 0.125, 0.15], [0.7, 0.125, 0.9]], atol=1e-6)  # range middles
+    plausible = RandLabelContrastd("label", modalities=["t1"], head_prob=1.0, std=(0.0, 0.0))
+    plausible.set_random_state(1)
+    for _ in range(20):
+        t1 = np.asarray(plausible({"label": labels})["image"]).ravel()
+        for value, code in zip(t1[:3], (511, 515, 506)):
+            low, high = HEAD_RANGES[code]["t1"]
+            assert low <= value <= high
+    anywhere = RandLabelContrastd("label", modalities=["t1"], head_prob=0.0, std=(0.0, 0.0))
+    anywhere.set_random_state(1)
+    scalp = [float(np.asarray(anywhere({"label": labels})["image"]).ravel()[0]) for _ in range(40)]
+    assert min(scalp) < 0.6  # uniform: often outside the scalp's plausible (0.6, 1.0)

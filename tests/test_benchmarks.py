@@ -14,36 +14,32 @@ def test_training_profile_refuses_unknown_options_before_running():
         profile(help=True)
 
 
-def test_weights_benchmark_scores_label_maps_and_masks_full_heads(tmp_path, monkeypatch):
-    """``tools.benchmark_weights``: Dice against iSEG label values (checked by hand), a brain mask beside each
-    full-head subject (the label's brain), and the report's table."""
+def test_weights_benchmark_dice_leaves_out_ignored_voxels_and_reports(tmp_path):
+    """``tools.benchmark_weights``: Dice per tissue by hand (an ignored voxel counts nowhere), a Gaussian mixture that
+    finds three intensity classes and names them by the labels, and the report's table."""
     import json
 
-    import nibabel as nib
     import numpy as np
 
     from tools import benchmark_weights
 
     seg, label = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
-    seg[:2], label[:1] = 1, 10  # CSF: 32 voxels against 16, 16 shared: Dice 2*16/48
-    seg[2:, :2], label[2:, :1] = 2, 150  # GM: 16 against 8, 8 shared
-    label[3, 3, 3] = 250  # WM missed: Dice 0
-    for name, volume, image in (("seg", seg, nib.Nifti1Image), ("label", label, nib.AnalyzeImage)):
-        nib.save(image(volume, np.eye(4)), str(tmp_path / f"{name}.{'nii.gz' if name == 'seg' else 'hdr'}"))
-    dice = benchmark_weights._dice(str(tmp_path / "seg.nii.gz"), str(tmp_path / "label.hdr"))
-    np.testing.assert_allclose(dice, [2 / 3, 2 / 3, 0.0], atol=1e-6)
+    seg[:2], label[:1] = 1, 1  # CSF: 32 voxels against 16, 16 shared: Dice 2*16/48
+    seg[2:, :2], label[2:, :1] = 2, 2  # GM: 16 against 8, 8 shared
+    label[3, 3, 3] = 3  # WM missed: Dice 0
+    seg[3, 3, 2], label[3, 3, 2] = 1, 255  # ignored: not a CSF error
+    np.testing.assert_allclose(benchmark_weights.tissue_dice(seg, label), [2 / 3, 2 / 3, 0.0], atol=1e-9)
 
-    monkeypatch.setattr(benchmark_weights, "SETS", {"tiny_head": {"shape": [64, 72, 80], "head": True}})
-    entries = benchmark_weights._write_set(tmp_path / "data" / "tiny_head", "tiny_head")
-    assert len(entries) == 8 and all(Path(e["mask"]).is_file() for e in entries)
-    brain = np.asarray(nib.load(entries[0]["label"]).dataobj) > 0
-    np.testing.assert_array_equal(np.asarray(nib.load(entries[0]["mask"]).dataobj) > 0, brain)
+    rng = np.random.default_rng(0)
+    label = np.repeat(np.array([1, 2, 3, 0], np.uint8), 1000).reshape(4, 10, 100)
+    image = np.choose(label, [0.0, 0.2, 0.5, 0.8])[None] + rng.normal(0, 0.02, (1, *label.shape))
+    pred = benchmark_weights.gmm_segment(image, label > 0, label)
+    np.testing.assert_array_equal(pred, label)
 
-    results = {"new": {"tiny_head": {"modalities": ["t1"], "dice": {"CSF": 0.5, "GM": 0.6, "WM": 0.7}}}}
+    results = {"t1": {"t1": {"modalities": ["t1"], "dice": {"CSF": 0.5, "GM": 0.6, "WM": 0.7}}}}
     (tmp_path / "results.json").write_text(json.dumps(results))
     table = benchmark_weights.report(str(tmp_path / "results.json")).splitlines()
-    assert table[0] == "| weights | modalities | tiny_head |" and table[2] == "| new | t1 | 0.500 / 0.600 / 0.700 (0.600) |"
-
+    assert table[0] == "| set | t1 |" and table[2] == "| t1 | 0.500 / 0.600 / 0.700 (0.600) |" and len(table) == 3
 
 def test_cluster_benchmark_names_the_layers_of_a_ball_and_scores_a_phantom(tmp_path):
     """``tools.benchmark_clusters``: the alternatives name CSF, GM and WM of a layered ball (bright WM core, GM shell,

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -17,12 +18,14 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, run, verify_metadata, verify_net_in_out
 
+from scripts.checkpoint import network_features
 from scripts.data.phantom import write_iseg
 from scripts.networks import Segmenter
 
 SCHEMA = "docs/meta_schema_20240725.json"  # the file behind metadata.json's "schema" URL, shipped with the bundle
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 DYNAMIC = {0: "batch", 2: "x", 3: "y", 4: "z"}
+SHIPPED = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def weights(tmp_path_factory):
     many boundaries, so that the ONNX and PyTorch label maps can be compared meaningfully.
     """
     torch.manual_seed(0)
-    net = Segmenter(2, 4).eval()
+    net = Segmenter(2, 4, features=network_features(SHIPPED)).eval()  # inference.yaml builds the shipped channels
     centres = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])  # in the scaled T1 range [-1, 1]
     with torch.no_grad():
         for module in net.modules():
@@ -82,6 +85,7 @@ def _parser(bundle_root, *configs):
     parser = ConfigParser()
     parser.read_config([str(bundle_root / "configs" / c) for c in configs or ["inference.yaml"]])
     parser.read_meta(str(bundle_root / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(bundle_root)  # the shipped weights, whose channels the network reads
     return parser
 
 
@@ -151,7 +155,7 @@ def test_verify_net_in_out(bundle_root, n, monkeypatch):
     )
     parser = _parser(bundle_root)
     net = parser.get_parsed_content("network_def").eval()
-    size = 8 * n
+    size = 16 * n
     with torch.no_grad():
         out = net(torch.rand(1, 2, size, size, size))
     assert out.shape == (1, 4, size, size, size) and out.dtype == torch.float32
@@ -166,7 +170,7 @@ def test_ckpt_export_torchscript_matches_eager(bundle_root, weights, tmp_path, m
     --meta_file configs/metadata.json --config_file configs/inference.yaml [--use_trace True --input_shape ...]`.
 
     Scripting keeps UpCat's padding branch, so the module takes any size; a traced module has it frozen for the
-    example's shape and takes multiples of 8 only (the metadata's "8*n")."""
+    example's shape and takes multiples of 16 only (the metadata's "16*n")."""
     ckpt, net = weights
     monkeypatch.chdir(bundle_root)
     ckpt_export(
@@ -184,7 +188,7 @@ def test_ckpt_export_torchscript_matches_eager(bundle_root, weights, tmp_path, m
         (bundle_root / "configs" / "metadata.json").read_text()
     )["version"]
     assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.networks.Segmenter"
-    shapes = [(2, 2, 48, 40, 56)] + ([] if use_trace else [(1, 2, 37, 41, 30)])
+    shapes = [(2, 2, 48, 32, 64)] + ([] if use_trace else [(1, 2, 37, 41, 30)])
     for shape in shapes:
         x = torch.randn(shape)
         with torch.no_grad():
@@ -294,7 +298,7 @@ def test_onnx_graph_has_dynamic_batch_and_spatial_axes(onnx_model):
     assert [(v.name, dims(v)) for v in model.graph.output] == [("pred", ["batch", 4, "x", "y", "z"])]
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 48, 40, 56), (1, 2, 37, 41, 30)], ids=["batch2-48x40x56", "odd-37x41x30"])
+@pytest.mark.parametrize("shape", [(2, 2, 48, 32, 64), (1, 2, 37, 41, 30)], ids=["batch2-48x32x64", "odd-37x41x30"])
 def test_onnxruntime_matches_pytorch(onnx_model, weights, shape):
     """Exported at batch 1, 32^3; run by ONNX Runtime at other batch sizes and spatial sizes, odd ones included."""
     from scripts.export import OnnxRuntimeNetwork
@@ -313,10 +317,10 @@ def test_onnx_segmenter_is_the_segmenter(weights):
     from scripts.export import OnnxSegmenter
 
     _, net = weights
-    twin = OnnxSegmenter(2, 4).eval()
+    twin = OnnxSegmenter(2, 4, features=network_features(SHIPPED)).eval()
     twin.load_state_dict(net.state_dict())
     with torch.no_grad():
-        for shape in [(1, 2, 16, 24, 32), (1, 2, 17, 23, 9)]:
+        for shape in [(1, 2, 16, 32, 48), (1, 2, 33, 47, 21)]:
             x = torch.randn(shape)
             torch.testing.assert_close(twin(x), net(x), rtol=0, atol=0)
 

@@ -390,7 +390,7 @@ def _bundle_fails(bundle_root, *args) -> list[str]:
 
 def test_inference_with_checkpoint_of_another_architecture(bundle_root, tmp_path):
     _subject(tmp_path / "data", "case01")
-    torch.save(_tiny().state_dict(), tmp_path / "small.pt")
+    torch.save(_tiny(in_channels=1).state_dict(), tmp_path / "small.pt")  # T1 weights for T1+T2 inference
     out = tmp_path / "out"
     lines = _bundle_fails(
         bundle_root, "inference", "--config_file", "configs/inference.yaml", "--dataset_dir", str(tmp_path / "data"),
@@ -398,7 +398,7 @@ def test_inference_with_checkpoint_of_another_architecture(bundle_root, tmp_path
     )  # fmt: skip
     assert re.fullmatch(
         rf"ERROR: checkpoint {re.escape(str(tmp_path / 'small.pt'))} does not fit the network \(0 missing, 0 "
-        r"unexpected, \d+ resized tensors, e.g. \S+ is \(4, 2, 3, 3, 3\), not \(16, 2, 3, 3, 3\)\): was it trained "
+        r"unexpected, \d+ resized tensors, e.g. \S+ is \(4, 1, 3, 3, 3\), not \(4, 2, 3, 3, 3\)\): was it trained "
         r"with other network_features, modalities or num_classes\? "
         rf"\(full traceback: {re.escape(str(out / 'error.log'))}\)",
         lines[-1],

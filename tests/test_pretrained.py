@@ -1,6 +1,7 @@
 """The shipped weights: models/model.pt (T1+T2) and models/model_t1.pt (T1 only) load into their networks,
-inference picks them by `modalities`, `evaluate` on their runs' test subjects measures the eval_metrics recorded in
-configs/metadata.json, and a full head with its brain mask gets nothing labelled outside the brain."""
+inference picks them by `modalities` and builds the network from the checkpoint, `evaluate` on their runs' test
+subjects (held-out real anatomy) measures the eval_metrics recorded in configs/metadata.json, and the T1 weights
+segment a whole head without a mask."""
 
 import json
 import os
@@ -14,34 +15,47 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+import scripts.data.anatomy as anatomy
+from scripts.checkpoint import network_features
 from scripts.checks import MissingInputError
-from scripts.data.phantom import _write_iseg_subject, make_subject
 from scripts.networks import Segmenter
 
 pytestmark = pytest.mark.slow
 
-# Each shipped weights file: the recipe config it was trained with (its modalities and phantom dataset), its split
-# (the run's split.json) and its eval_metrics' key prefix.
+# Each shipped weights file: the recipe config it was trained with and its eval_metrics' key prefix.
 SHIPPED = {
-    "model.pt": {"recipe": "shipped_t1t2.yaml", "split": "pretrained_split.json", "prefix": "test_"},
-    "model_t1.pt": {"recipe": "shipped_t1.yaml", "split": "pretrained_t1_split.json", "prefix": "t1_only_test_"},
+    "model.pt": {"recipe": "shipped_t1t2.yaml", "prefix": "test_"},
+    "model_t1.pt": {"recipe": "shipped_t1.yaml", "prefix": "t1_only_test_"},
 }
 
 
 def _recipe(bundle_root, name):
-    """``(modalities, phantom)`` of the training command that made ``models/<name>``."""
+    """The parsed training config (train.yaml, supervised.yaml and the recipe) that made ``models/<name>``."""
     parser = ConfigParser()
     configs = ("train.yaml", "supervised.yaml", SHIPPED[name]["recipe"])
     parser.read_config([str(bundle_root / "configs" / config) for config in configs])
-    return parser["modalities"], parser["phantom"]
+    return parser
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
-def test_shipped_weights_are_small_plain_state_dicts_of_the_default_network(bundle_root, name):
+def test_shipped_weights_are_small_plain_state_dicts_of_their_recipes_network(bundle_root, name):
     path = bundle_root / "models" / name
     assert path.stat().st_size < 25 * 2**20
-    modalities = _recipe(bundle_root, name)[0]
-    Segmenter(len(modalities), 4).load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    recipe = _recipe(bundle_root, name)
+    assert network_features(path) == recipe["network_features"]
+    network = Segmenter(len(recipe["modalities"]), 4, features=recipe["network_features"])
+    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def test_network_features_are_read_from_any_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(Segmenter(1, 4, features=(4, 8, 12)).state_dict(), path)
+    assert network_features(path) == [4, 8, 12]
+    torch.save({"model": Segmenter(2, 4, features=(6, 10)).state_dict()}, path)
+    assert network_features(path) == [6, 10]
+    torch.save({"weights": 1}, path)
+    assert network_features(path, default=[3, 5]) == [3, 5]  # not a segmenter: the loader will say why
+    assert network_features(tmp_path / "missing.pt", default=[3, 5]) == [3, 5]
 
 
 def _inference_parser(bundle_root, **overrides):
@@ -68,36 +82,31 @@ def test_modalities_without_shipped_weights_ask_for_a_checkpoint(bundle_root):
     given = _inference_parser(bundle_root, modalities=["t1", "flair"], ckpt_path="/data/mine.pt")
     assert given.get_parsed_content("ckpt_path") == "/data/mine.pt"
 
-def _write_test_subjects(folder, split, modalities, phantom):
-    """The training run's test subjects, written exactly as its phantom dataset (``write_iseg``) wrote them."""
+def _write_test_subjects(folder, recipe):
+    """The training run's test subjects (held-out maps in the recipe's test scenarios), rendered as its dataset
+    rendered them (``scripts.data.anatomy.render_jobs`` with the recipe's ``anatomy`` arguments)."""
+    options = dict(recipe["anatomy"])
+    jobs = anatomy.render_jobs(anatomy.map_indices(), options.get("renders_per_map", 4), options["validation"],
+                               options["testing"], options.get("seed", 0))
     folder.mkdir()
-    options = {k: bool(phantom.get(k, False)) for k in ("cohort", "head", "randomize", "folded")}
-    entries = []
-    for entry in split["testing"]:
-        name = entry["subject"]
-        index = int(name.split("-")[1])
-        _write_iseg_subject(index, folder, phantom["num_labeled"], phantom["shape"], phantom["seed"],
-                            phantom.get("preset", "infant"), options)  # fmt: skip
-        entries.append({"subject": name, "label": str(folder / f"{name}-label.hdr"),
-                        **{m: str(folder / f"{name}-{m.upper()}.hdr") for m in modalities}})  # fmt: skip
-    return entries
+    return [anatomy.write_job(job, folder) for job in jobs if job[0] == "testing"]
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path, name):
-    shipped = SHIPPED[name]
-    modalities, phantom = _recipe(bundle_root, name)
-    split = json.loads((bundle_root / "docs" / "benchmarks" / shipped["split"]).read_text())
-    testing = _write_test_subjects(tmp_path / "phantom", split, modalities, phantom)
+    shipped, recipe = SHIPPED[name], _recipe(bundle_root, name)
+    modalities = recipe["modalities"]
+    testing = [{k: str(tmp_path / "test" / v) if k != "subject" else v for k, v in e.items() if k != "mask"}
+               for e in _write_test_subjects(tmp_path / "test", recipe)]
     datalist = {"training": [], "validation": [], "testing": testing, "unlabeled": []}
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "evaluating",
         "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", "--datalist", repr(datalist),
-        "--modalities", repr(modalities), "--ckpt_path", f"models/{name}",
+        "--modalities", repr(modalities), "--ckpt_path", f"models/{name}", "--dataset_format", "anatomy",
         "--eval_dir", str(tmp_path / "eval"), "--output_dir", str(tmp_path / "runs"), "--num_workers", "0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=bundle_root, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=bundle_root, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     measured = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]
     recorded = json.loads((bundle_root / "configs" / "metadata.json").read_text())["eval_metrics"]
@@ -109,30 +118,27 @@ def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path, na
     assert mean == pytest.approx(recorded[f"{prefix}mean_dice"], abs=1e-3)
 
 
-@pytest.mark.parametrize(
-    "name, preset, shape, modalities",
-    [("model.pt", "infant", (144, 192, 256), ["t1", "t2"]), ("model_t1.pt", "adult", (192, 240, 256), ["t1"])],
-)
-def test_shipped_weights_segment_a_full_head_with_its_brain_mask(
-    bundle_root, tmp_path, monkeypatch, name, preset, shape, modalities
-):
-    """A phantom head never seen in training (skull, scalp, eyes, neck; Rician background with an offset, so
-    negative voxels) with its brain mask, as a user's folder of NIfTI scans: the head and the air come out
-    background, the brain segmented. `modalities` alone picks the weights."""
+def test_t1_weights_segment_a_whole_head_with_its_brain_mask(bundle_root, tmp_path, monkeypatch):
+    """A held-out real head (map 16) in adult T1 contrast, skull, scalp, eyes and neck in noisy air, with its brain
+    mask, as a user's folder of NIfTI scans: nothing outside the brain is labelled, and the brain is segmented about
+    as well as the benchmark's skull-stripped scan of that map (.868 / .860 / .924; without a mask 7-13 % of the
+    head's other voxels still get tissue labels: docs/shipped_weights.md)."""
     from monai.bundle import run
 
-    subject = make_subject(shape, preset, seed=12345, head=True, modalities=modalities)
-    label, head = subject["label"], subject["head"]
+    labels = anatomy.read_label_map(anatomy.map_path(anatomy.TEST_MAPS[-1]))
+    rendered = anatomy.render_subject(labels, anatomy.fixed_render("whole_head", ["t1"]), strip=False, seed=4321)
     data = tmp_path / "data"
     data.mkdir()
-    files = {m: subject["images"][m] for m in modalities} | {"mask": (subject["structures"] > 0).astype(np.uint8)}
-    for key, volume in files.items():
-        nib.save(nib.Nifti1Image(volume, np.eye(4)), str(data / f"head_{key}.nii.gz"))
+    nib.save(nib.Nifti1Image(rendered["image"][0], rendered["affine"]), str(data / "head_T1.nii.gz"))
+    nib.save(nib.Nifti1Image(rendered["mask"], rendered["affine"]), str(data / "head_mask.nii.gz"))
     monkeypatch.chdir(bundle_root)
     run("inference", config_file="configs/inference.yaml", dataset_dir=str(data), dataset_format="folder",
-        modalities=modalities, suffixes={k: f"_{k}.nii.gz" for k in files}, output_dir=str(tmp_path / "out"))
+        modalities=["t1"], suffixes={"t1": "_T1.nii.gz", "mask": "_mask.nii.gz"}, output_dir=str(tmp_path / "out"))
     seg = np.asarray(nib.load(str(tmp_path / "out" / "head_seg.nii.gz")).dataobj)
-    assert (head > 0).sum() > (label > 0).sum() / 2 and subject["images"][modalities[0]].min() < 0  # a real head
-    assert not (seg[(label == 0)] > 0).any()  # skull, scalp, eyes, neck and air: background
-    dice = [2 * ((seg == c) & (label == c)).sum() / ((seg == c).sum() + (label == c).sum()) for c in (1, 2, 3)]
-    assert min(dice) > 0.55, dice  # model.pt: 0.82 / 0.63 / 0.75; a map of one tissue scores 0 on the others
+    label, brain = rendered["label"], rendered["mask"] > 0
+    assert (rendered["image"][0][~brain] > 0).mean() > 0.5  # a real head around the brain
+    assert not (seg[~brain] > 0).any()  # skull, scalp, eyes, neck and air: background
+    kept = label != 255
+    dice = [2 * ((seg == c) & (label == c) & kept).sum() / (((seg == c) & kept).sum() + (label == c).sum())
+            for c in (1, 2, 3)]
+    assert min(dice[:2]) > 0.8 and dice[2] > 0.88, dice

@@ -4,6 +4,10 @@ Run from the repository root::
 
     python -m tools.benchmark_inference run                       # 144x192x256 T1+T2 phantom, CPU (+ GPU if any)
     python -m tools.benchmark_inference run --shape "[512,512,200]" --ckpt_path bundle/models/model.pt
+    python -m tools.benchmark_inference run --head true --shape "[256,256,256]" --ckpt_path bundle/models/model_t1.pt
+
+``--head true``: a whole-head T1 of a held-out real label map (``scripts.data.anatomy``, test map 16, adult contrast
+in noisy air) padded with air to ``shape``, segmented by the T1 weights without a mask.
 
 Each device is measured in a fresh subprocess so that its peak resident memory (``ru_maxrss``) belongs to that
 run alone. The timed part is the inference workflow's ``run()``: loading the NIfTI files, preprocessing,
@@ -39,7 +43,22 @@ def _write_volume(folder: Path, shape: tuple[int, ...], seed: int) -> None:
         nib.save(nib.Nifti1Image(image.astype(np.int16), np.eye(4)), str(folder / f"bench_{name.upper()}.nii.gz"))
 
 
-def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats: int = 3, roi_size=None) -> dict:
+def _write_head(folder: Path, shape: tuple[int, ...]) -> None:
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import ResizeWithPadOrCrop
+
+    from scripts.data.anatomy import TEST_MAPS, fixed_render, map_path, read_label_map, render_subject
+
+    labels = ResizeWithPadOrCrop(tuple(shape))(read_label_map(map_path(TEST_MAPS[-1])))
+    head = render_subject(labels, fixed_render("whole_head", ["t1"]), strip=False, seed=0)["image"][0]
+    air = np.random.default_rng(0).rayleigh(0.03, tuple(shape)).astype(np.float32)  # the crop's margin: noisy air
+    air[tuple(slice((n - m) // 2, (n - m) // 2 + m) for n, m in zip(shape, head.shape))] = head
+    nib.save(nib.Nifti1Image(air, np.eye(4)), str(folder / "bench_T1.nii.gz"))
+
+
+def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats: int = 3, roi_size=None,
+            modalities=("t1", "t2")) -> dict:
     """Run the inference workflow ``repeats + 1`` times on ``data_dir`` in this process; return timings and memory."""
     import torch
     from monai.bundle import ConfigWorkflow
@@ -54,6 +73,7 @@ def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats
         dataset_format="folder",
         output_dir=output_dir,
         ckpt_path=ckpt_path,
+        modalities=list(modalities),
         device=f"$torch.device('{device}')",
         amp=False,
         overwrite=True,  # the repeats write the same outputs into this temporary folder
@@ -82,8 +102,10 @@ def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats
     return result
 
 
-def run(shape=(144, 192, 256), ckpt_path: str | None = None, repeats: int = 3, seed: int = 0, roi_size=None) -> list[dict]:
-    """Benchmark inference on a phantom T1+T2 volume of ``shape`` on the CPU and, when present, the GPU.
+def run(shape=(144, 192, 256), ckpt_path: str | None = None, repeats: int = 3, seed: int = 0, roi_size=None,
+        head: bool = False) -> list[dict]:
+    """Benchmark inference on a phantom T1+T2 volume of ``shape`` (``head``: a real whole-head T1) on the CPU and,
+    when present, the GPU.
 
     ``roi_size`` overrides the inference window (default: configs/inference.yaml's); smaller windows use less
     memory and more time.
@@ -96,14 +118,19 @@ def run(shape=(144, 192, 256), ckpt_path: str | None = None, repeats: int = 3, s
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "data").mkdir()
-        _write_volume(tmp / "data", shape, seed)
+        modalities = ["t1"] if head else ["t1", "t2"]
+        if head:
+            _write_head(tmp / "data", shape)
+        else:
+            _write_volume(tmp / "data", shape, seed)
         if not ckpt_path:
             ckpt_path = str(tmp / "random.pt")
-            torch.save({"model": Segmenter(2, 4).state_dict()}, ckpt_path)
+            torch.save({"model": Segmenter(len(modalities), 4).state_dict()}, ckpt_path)
         devices = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
         for device in devices:
             cmd = [sys.executable, "-m", "tools.benchmark_inference", "measure", str(tmp / "data"),
-                   str(tmp / f"out-{device}"), ckpt_path, device, f"--repeats={repeats}"]  # fmt: skip
+                   str(tmp / f"out-{device}"), ckpt_path, device, f"--repeats={repeats}",
+                   f"--modalities={json.dumps(modalities)}"]  # fmt: skip
             if roi_size:
                 cmd.append(f"--roi_size={list(roi_size)}")
             proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, check=True)

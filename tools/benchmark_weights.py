@@ -1,91 +1,113 @@
-"""Test Dice of weights files on held-out phantom sets, through the user's inference command: infant and adult
-brains, skull-stripped with the phantom's contrast, or domain-randomised (tissue intensities per modality in any
-order, resolution, thick slices, bias, noise, gamma), skull-stripped or full heads in noisy air with their brain mask.
+"""Test Dice of weights files on the bundle's real-anatomy test, through the user's inference command, beside a
+3-class Gaussian mixture on the same scans.
 
-The sets are written with phantom seed 100 (the shipped weights were trained on seeds 1 and 2) by
-``scripts.data.phantom.write_dataset`` in the iSEG layout, 8 labelled subjects each. Each subject goes through
-``run inference`` (configs/inference.yaml) as a datalist entry; a full head comes with its brain mask (the phantom's
-brain outline, what a skull-stripping tool gives), as ``--suffixes``/``mask`` users pass one. The written label maps
-are scored against the labels with MONAI's ``DiceMetric``. Run from the repository root:
+The test: the 3 held-out real label maps (``scripts.data.anatomy.TEST_MAPS``, never trained on) rendered with fixed
+realistic contrasts (``SCENARIOS``): adult T1 and T1+T2, an isointense infant (about 6 months), whole heads without a
+mask, and harder variants (strong bias field, a whole head in noisy air, 4 mm slices). Each set goes through
+``run inference`` (configs/inference.yaml) as a datalist, without brain masks; the written label maps are scored on
+CSF, GM and WM, leaving out the voxels the targets ignore (brain stem, ventral DC, vessels). The Gaussian mixture
+(scikit-learn, full covariance over the channels) is fitted inside the true brain mask, and its 3 components named
+by the permutation with the best mean Dice: an upper bound for intensity clustering. Run from the repository root:
 
-    python -m tools.benchmark_weights run --ckpt bundle/models/model.pt --modalities "[t1,t2]" --tag t1t2
     python -m tools.benchmark_weights run --ckpt bundle/models/model_t1.pt --modalities "[t1]" --tag t1
+    python -m tools.benchmark_weights run --ckpt bundle/models/model.pt --modalities "[t1,t2]" --tag t1t2
+    python -m tools.benchmark_weights gmm
     python -m tools.benchmark_weights report
 
 Results go to ``<work_dir>/results.json`` (one entry per tag and set, replaced when run again); ``report`` prints
-them as a markdown table (0.7.0's: ``--results_file bundle/docs/benchmarks/weights_results.json``).
+them as a markdown table (the card's: ``--results_file bundle/docs/benchmarks/anatomy_results.json``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fire
 import nibabel as nib
 import numpy as np
-import torch
-from monai.metrics import compute_dice
-from monai.networks.utils import one_hot
-from monai.transforms import MapLabelValue
 
 from scripts.atomic import write_json
-from scripts.data.datasets import label_mapping
-from scripts.data.phantom import write_dataset
+from scripts.data.anatomy import SCENARIOS, TEST_MAPS, fixed_render, map_path, read_label_map, render_subject, save_subject
+from scripts.data.datasets import IGNORE_LABEL
 from scripts.evaluation import TISSUES
 from tools import BUNDLE_ROOT, subprocess_env
 
-# grids at 1 mm: the iSEG one for infants; for adults one that gives a skull-stripped brain an adult volume (about
-# 1.5 L: the brain fills about 80 % of the grid) and one that leaves room for the head (the brain fills 60-70 %)
-INFANT, ADULT, ADULT_HEAD = [144, 192, 256], [176, 216, 160], [192, 240, 256]
-RANDOM = {"randomize": True, "folded": True}
-SETS = {  # write_dataset options of each held-out set (8 labelled subjects, phantom seed 100)
-    "infant": {"shape": INFANT},
-    "infant_random": {"shape": INFANT, "cohort": True, **RANDOM},
-    "infant_head_random": {"shape": INFANT, "cohort": True, "head": True, **RANDOM},
-    "adult": {"shape": ADULT, "preset": "adult"},
-    "adult_random": {"shape": ADULT, "preset": "adult", **RANDOM},
-    "adult_head_random": {"shape": ADULT_HEAD, "preset": "adult", "head": True, **RANDOM},
+SETS = {  # set name: (scenario of scripts.data.anatomy, modalities)
+    "t1": ("adult", ("t1",)),
+    "t1_whole_head": ("whole_head", ("t1",)),
+    "t1_strong_bias": ("strong_bias", ("t1",)),
+    "t1_noisy_head": ("noisy_head", ("t1",)),
+    "t1_thick_slices": ("thick_slices", ("t1",)),
+    "t1t2": ("adult", ("t1", "t2")),
+    "t1t2_infant_isointense": ("infant_isointense", ("t1", "t2")),
+    "t1t2_strong_bias": ("strong_bias", ("t1", "t2")),
+    "t1t2_noisy_head": ("noisy_head", ("t1", "t2")),
+    "t1t2_thick_slices": ("thick_slices", ("t1", "t2")),
 }
+SEED = 10_000  # render seeds 10_000 + map index: none of the training or validation renders
 WORK_DIR = str(BUNDLE_ROOT / "runs" / "benchmark_weights")
 
 
-def _write_set(data: Path, name: str) -> list[dict]:
-    """Write set ``name`` into ``data`` (idempotent); its datalist, with brain masks for full heads."""
-    subjects = write_dataset(str(data), layout="iseg", num_labeled=8, num_unlabeled=0, seed=100, **SETS[name])
+def write_scenario(data: Path, scenario: str) -> list[dict]:
+    """Render the test maps in ``scenario`` into ``data`` (once); their datalist entries (both modalities)."""
     entries = []
-    for subject in subjects:
-        entry = {"subject": subject, "label": str(data / f"{subject}-label.hdr"),
-                 **{m: str(data / f"{subject}-{m.upper()}.hdr") for m in ("t1", "t2")}}  # fmt: skip
-        if SETS[name].get("head"):
-            mask = data.parent / f"{name}_masks" / f"{subject}-mask.nii.gz"
-            if not mask.is_file():
-                label = nib.load(entry["label"])
-                mask.parent.mkdir(exist_ok=True)
-                nib.save(nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.uint8), label.affine), str(mask))
-            entry["mask"] = str(mask)
-        entries.append(entry)
+    for index in TEST_MAPS:
+        subject = f"m{index:02d}_{scenario}"
+        if not (data / f"{subject}_mask.nii.gz").is_file():
+            data.mkdir(parents=True, exist_ok=True)
+            labels = read_label_map(map_path(index))
+            rendered = render_subject(labels, fixed_render(scenario), SCENARIOS[scenario]["strip"], SEED + index)
+            save_subject(data, subject, rendered)
+        entries.append({"subject": subject, "t1": str(data / f"{subject}_T1.nii"), "t2": str(data / f"{subject}_T2.nii"),
+                        "label": str(data / f"{subject}_label.nii.gz"), "mask": str(data / f"{subject}_mask.nii.gz")})
     return entries
 
 
-def _dice(seg_path: str, label_path: str) -> list[float]:
-    """Dice of CSF, GM and WM between a written label map (0..3) and an iSEG label (0/10/150/250)."""
-    seg = torch.as_tensor(np.asarray(nib.load(seg_path).dataobj).astype(np.int64))
-    label = MapLabelValue(*label_mapping("iseg"), dtype=np.int64)(np.asarray(nib.load(label_path).dataobj))
-    label = torch.as_tensor(label)
-    return compute_dice(one_hot(seg[None, None], 4), one_hot(label[None, None], 4), include_background=False)[0].tolist()
+def tissue_dice(pred: np.ndarray, label: np.ndarray) -> list[float]:
+    """Dice of CSF, GM and WM between class maps ``pred`` and ``label`` (0..3), over the voxels ``label`` does not
+    ignore (``IGNORE_LABEL``); 1.0 for a tissue absent from both."""
+    kept = label != IGNORE_LABEL
+    pred, label = pred[kept], label[kept]
+    dice = []
+    for tissue in (1, 2, 3):
+        p, t = pred == tissue, label == tissue
+        total = int(p.sum() + t.sum())
+        dice.append(1.0 if total == 0 else 2.0 * int((p & t).sum()) / total)
+    return dice
+
+
+def _load(path: str) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def _store(work: Path, tag: str, name: str, record: dict) -> None:
+    results_path = work / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}  # other runs' too
+    results.setdefault(tag, {})[name] = record
+    write_json(results_path, results)
+    print(tag, name, record["dice"], flush=True)
+
+
+def _record(dice: np.ndarray, **extra) -> dict:
+    return {**extra, "subjects": len(dice),
+            "dice": {t: round(float(dice[:, i].mean()), 4) for i, t in enumerate(TISSUES)},
+            "dice_std": {t: round(float(dice[:, i].std()), 4) for i, t in enumerate(TISSUES)}}
 
 
 def run(ckpt: str = str(BUNDLE_ROOT / "models" / "model.pt"), modalities=("t1", "t2"), tag: str = "t1t2", sets=None,
         work_dir: str = WORK_DIR) -> None:
-    """Score ``ckpt`` (a model of ``modalities``) on ``sets`` (default: all of ``SETS``) under ``tag``."""
+    """Score ``ckpt`` (a model of ``modalities``) on ``sets`` (default: every set of ``SETS`` with those modalities)."""
     work = Path(work_dir).resolve()
-    results_path = work / "results.json"
-    for name in sets or list(SETS):
-        entries = _write_set(work / "data" / name, name)
-        datalist = [{k: v for k, v in e.items() if k in (*modalities, "subject", "mask")} for e in entries]
+    modalities = tuple(modalities)
+    for name in sets or [n for n, (_, m) in SETS.items() if m == modalities]:
+        scenario = SETS[name][0]
+        entries = write_scenario(work / "data" / scenario, scenario)
+        datalist = [{k: e[k] for k in ("subject", *modalities)} for e in entries]
         out = work / tag / name
         out.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -93,35 +115,66 @@ def run(ckpt: str = str(BUNDLE_ROOT / "models" / "model.pt"), modalities=("t1", 
             "--datalist", repr(datalist), "--modalities", json.dumps(list(modalities)),
             "--ckpt_path", str(Path(ckpt).resolve()), "--output_dir", str(out / "seg"), "--overwrite", "true",
         ]  # fmt: skip
+        start = time.perf_counter()
         with open(out / "inference.log", "w") as log:
             proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
         if proc.returncode:
             raise RuntimeError(f"inference of {ckpt} on {name} failed (exit {proc.returncode}); see {out / 'inference.log'}")
-        dice = np.array([_dice(str(out / "seg" / f"{e['subject']}_seg.nii.gz"), e["label"]) for e in entries])
-        results = json.loads(results_path.read_text()) if results_path.is_file() else {}  # other runs' too
-        results.setdefault(tag, {})[name] = {
-            "ckpt": str(ckpt), "modalities": list(modalities), "subjects": len(entries),
-            "dice": {t: round(float(dice[:, i].mean()), 4) for i, t in enumerate(TISSUES)},
-            "dice_std": {t: round(float(dice[:, i].std()), 4) for i, t in enumerate(TISSUES)},
-        }  # fmt: skip
-        write_json(results_path, results)
-        print(tag, name, results[tag][name]["dice"], flush=True)
+        dice = np.array([tissue_dice(_load(str(out / "seg" / f"{e['subject']}_seg.nii.gz")), _load(e["label"]))
+                         for e in entries])
+        _store(work, tag, name, _record(dice, ckpt=str(ckpt), modalities=list(modalities),
+                                        seconds_per_subject=round(seconds / len(entries), 1)))
+
+
+def gmm_segment(image: np.ndarray, mask: np.ndarray, label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 3-class Gaussian mixture of ``image`` (C, ...) inside ``mask``, its components named CSF/GM/WM by the
+    permutation with the best mean Dice against ``label`` (class map 0..3)."""
+    from sklearn.mixture import GaussianMixture
+
+    voxels = image[:, mask > 0].T.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    sample = voxels[rng.choice(len(voxels), min(len(voxels), 200_000), replace=False)]
+    components = GaussianMixture(3, covariance_type="full", random_state=seed).fit(sample).predict(voxels)
+    best, best_mean = None, -1.0
+    for names in itertools.permutations((1, 2, 3)):
+        pred = np.zeros(mask.shape, dtype=np.uint8)
+        pred[mask > 0] = np.asarray(names, dtype=np.uint8)[components]
+        mean = float(np.mean(tissue_dice(pred, label)))
+        if mean > best_mean:
+            best, best_mean = pred, mean
+    return best
+
+
+def gmm(sets=None, work_dir: str = WORK_DIR, tag: str = "gmm") -> None:
+    """Score the 3-class Gaussian mixture (inside the true brain mask, best naming) on ``sets`` (default: all)."""
+    work = Path(work_dir).resolve()
+    for name in sets or list(SETS):
+        scenario, modalities = SETS[name]
+        entries = write_scenario(work / "data" / scenario, scenario)
+        dice = []
+        for e in entries:
+            image = np.stack([_load(e[m]) for m in modalities])
+            label = _load(e["label"])
+            dice.append(tissue_dice(gmm_segment(image, _load(e["mask"]), label), label))
+        _store(work, tag, name, _record(np.array(dice), modalities=list(modalities)))
 
 
 def report(results_file: str = f"{WORK_DIR}/results.json") -> str:
-    """The results as a markdown table: test Dice CSF / GM / WM (mean) per weights tag and set."""
+    """The results as a markdown table: Dice CSF / GM / WM (mean) per set (rows) and weights tag (columns)."""
     results = json.loads(Path(results_file).read_text())
-    lines = ["| weights | modalities | " + " | ".join(SETS) + " |", "|---|---|" + "---|" * len(SETS)]
-    for tag, by_set in results.items():
+    tags = list(results)
+    lines = ["| set | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
+    for name in SETS:
         cells = []
-        for name in SETS:
-            dice = by_set.get(name, {}).get("dice")
+        for tag in tags:
+            dice = results[tag].get(name, {}).get("dice")
             cells.append(" / ".join(f"{dice[t]:.3f}" for t in TISSUES) + f" ({np.mean(list(dice.values())):.3f})"
                          if dice else "")  # fmt: skip
-        modalities = next(iter(by_set.values()))["modalities"]
-        lines.append(f"| {tag} | {'+'.join(modalities)} | " + " | ".join(cells) + " |")
+        if any(cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "report": report})
+    fire.Fire({"run": run, "gmm": gmm, "report": report})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Mapping
+import pickle
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +150,17 @@ def pretrained_path(models_dir, weights: Mapping[str, str], modalities) -> str:
             f"model with --modalities and pass its model.pt as --ckpt_path"
         )
     return str(Path(models_dir) / weights[name])
+
+
+def network_features(path, default: Sequence[int] = (16, 32, 64, 128)) -> list[int]:
+    """The ``features`` of the ``Segmenter`` whose weights are in ``path`` (a state dict, or ``{"model": ...}``), read
+    from its encoder's convolution shapes, so that inference and evaluation build the network a checkpoint was
+    trained with. ``default`` when the file is missing or holds no segmenter (the checkpoint loader then says why)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError):
+        return list(default)
+    state = state.get("model", state) if isinstance(state, Mapping) else {}
+    keys = ["stem.conv_0.conv.weight"] + [f"down.{i}.convs.conv_0.conv.weight" for i in range(len(state))]
+    features = [int(state[k].shape[0]) for k in itertools.takewhile(lambda k: k in state, keys)]
+    return features if len(features) >= 2 else list(default)

@@ -39,6 +39,7 @@ from .rendering import MODALITIES, RandLabelContrastd, RandThickSlicesd
 ANATOMY_DIR = Path(__file__).resolve().parents[2] / "anatomy"
 TEST_MAPS = (4, 11, 16)  # the real-anatomy test: never trained or tuned on
 VALIDATION_MAPS = (1,)
+RENDERER_VERSION = 2  # in the dataset's marker: a dataset rendered by an older renderer is rendered again
 HEAD_CODES = 500  # FreeSurfer codes from here on are extra-cerebral head tissues (SynthSeg's 502-530): background
 
 # Targets. Cerebellum is mapped (its cortex is GM and its white matter WM, with the cerebrum's contrast, as iSEG
@@ -112,7 +113,7 @@ def brain_mask(codes) -> np.ndarray:
     return (codes > 0) & (codes < HEAD_CODES)
 
 
-def random_render(shape, modalities=MODALITIES, contrast="plausible", infant_prob=0.0) -> Compose:
+def random_render(shape, modalities=MODALITIES, contrast="plausible", infant_prob=0.0, head_prob=0.5) -> Compose:
     """The training render of a label map of ``shape`` under key ``label``: affine and smooth deformation, a
     Gaussian intensity per label and channel (``RandLabelContrastd``), partial-volume blur, thick slices, bias field
     and Rician noise into ``image``."""
@@ -121,7 +122,8 @@ def random_render(shape, modalities=MODALITIES, contrast="plausible", infant_pro
                     mode="nearest", padding_mode="zeros"),
         RandSmoothDeformd("label", spatial_size=shape, rand_size=(8, 8, 8), prob=1.0, def_range=0.03,
                           grid_mode="nearest", field_mode="trilinear"),
-        RandLabelContrastd("label", modalities=modalities, contrast=contrast, infant_prob=infant_prob),
+        RandLabelContrastd("label", modalities=modalities, contrast=contrast, infant_prob=infant_prob,
+                           head_prob=head_prob),
         RandGaussianSmoothd("image", sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.0), prob=0.5),
         RandThickSlicesd("image", thickness=(2.0, 5.0), prob=0.2),
         RandBiasFieldd("image", degree=3, coeff_range=(0.0, 0.3), prob=0.8),
@@ -202,14 +204,14 @@ def render_jobs(
 
 
 def write_job(job: tuple, folder, anatomy_dir=ANATOMY_DIR, contrast="plausible", infant_prob=0.0,
-              strip_prob=0.5) -> dict:
+              strip_prob=0.5, head_prob=0.5) -> dict:
     """Render and save one subject of ``render_jobs`` into ``folder``; its datalist entry. Random renders use
     ``random_render`` (skull-stripped with probability ``strip_prob``), the others ``fixed_render``."""
     torch.set_num_threads(1)  # one subject per process
     _, subject, index, scenario, seed = job
     labels = read_label_map(map_path(index, anatomy_dir))
     if scenario == "random":
-        render = random_render(labels.shape[1:], contrast=contrast, infant_prob=infant_prob)
+        render = random_render(labels.shape[1:], contrast=contrast, infant_prob=infant_prob, head_prob=head_prob)
         strip = bool(np.random.default_rng(seed).uniform() < strip_prob)
     else:
         render, strip = fixed_render(scenario), SCENARIOS[scenario]["strip"]
@@ -226,12 +228,13 @@ def write_dataset(
     testing: tuple[str, ...] = ("adult", "whole_head"),
     seed: int = 0,
     anatomy_dir=ANATOMY_DIR,
+    head_prob: float = 0.5,
 ) -> str:
     """Render a dataset from the label maps into ``out_dir`` (once: an identical complete one is kept) and return
     the path of its MONAI datalist ``datalist.json`` (training, validation and testing lists), one process per core.
 
     The subjects are ``render_jobs``'; both modalities are written and a run reads those it needs. ``contrast``,
-    ``infant_prob``: ``RandLabelContrastd``'s.
+    ``infant_prob``, ``head_prob``: ``RandLabelContrastd``'s.
     """
     indices = map_indices(anatomy_dir)
     if not indices:
@@ -239,11 +242,11 @@ def write_dataset(
     jobs = render_jobs(indices, renders_per_map, validation, testing, seed)
     arguments = {"renders_per_map": renders_per_map, "contrast": contrast, "infant_prob": infant_prob,
                  "strip_prob": strip_prob, "validation": list(validation), "testing": list(testing), "seed": seed,
-                 "maps": indices}
+                 "maps": indices, "head_prob": head_prob, "renderer": RENDERER_VERSION}
 
     def write(folder):
         options = {"anatomy_dir": str(anatomy_dir), "contrast": contrast, "infant_prob": infant_prob,
-                   "strip_prob": strip_prob}
+                   "strip_prob": strip_prob, "head_prob": head_prob}
         workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             entries = list(pool.map(functools.partial(write_job, folder=str(folder), **options), jobs))

@@ -37,6 +37,19 @@ TISSUE_MIX: dict[int, tuple[float, float, float]] = {
 }
 MODALITIES = ("t1", "t2")
 
+# The head's tissues (SynthSeg's unnamed labels 502-530, named here by where they lie): plausible intensity ranges
+# per modality. Scalp and skin (511 on the head's surface, 509 on the face's) hold subcutaneous fat, bright in T1 and
+# T2; the skull's layers (515, 516) and the meninges and sinuses next to the brain (514) are dark; muscle and other
+# soft tissue (507) sit below GM in T1 and below WM in T2; eyes (506) hold water, like CSF; the spinal cord (512)
+# and optic nerves (508) are white matter. 502 and 530 stay uniform.
+HEAD_RANGES: dict[int, dict[str, tuple[float, float]]] = {
+    **dict.fromkeys((511, 509), {"t1": (0.6, 1.0), "t2": (0.5, 0.9)}),
+    **dict.fromkeys((515, 516, 514), {"t1": (0.0, 0.25), "t2": (0.0, 0.25)}),
+    507: {"t1": (0.2, 0.45), "t2": (0.15, 0.35)},
+    506: {"t1": (0.05, 0.25), "t2": (0.8, 1.0)},
+    **dict.fromkeys((512, 508), {"t1": (0.65, 0.9), "t2": (0.3, 0.45)}),
+}
+
 
 def tissue_means(rng: np.random.Generator, modality: str, age: float | None) -> np.ndarray:
     """Random CSF, GM and WM means in [0, 1] of one ``modality`` (t1 or t2). ``age`` None: an adult; otherwise an
@@ -63,8 +76,10 @@ class RandLabelContrastd(RandomizableTransform, MapTransform):
     ``contrast``: ``random`` (every label's mean uniform in [0, 1]) or ``plausible`` (brain labels by ``TISSUE_MIX``
     from ``tissue_means``, each label jittered by ``jitter``; air 0; head tissues (>= 500) and unknown labels uniform).
     ``infant_prob``: probability that a plausible subject is an infant of uniform age, else an adult; ``age`` fixes it
-    (None with infant_prob 0: adult). ``std``: range of the per-label standard deviation. ``means`` fixes the
-    (CSF, GM, WM) means per channel (the benchmark's fixed contrasts). MONAI has no label-to-intensity transform.
+    (None with infant_prob 0: adult). ``head_prob``: probability that a plausible subject's head tissues take the
+    ``HEAD_RANGES`` of their modality (else uniform). ``std``: range of the per-label standard deviation. ``means``
+    fixes the (CSF, GM, WM) means per channel and the head's at the middle of their ranges (the benchmark's fixed
+    contrasts). MONAI has no label-to-intensity transform.
     """
 
     def __init__(
@@ -75,6 +90,7 @@ class RandLabelContrastd(RandomizableTransform, MapTransform):
         contrast: str = "plausible",
         infant_prob: float = 0.0,
         age: float | None = None,
+        head_prob: float = 0.5,
         std: tuple[float, float] = (0.01, 0.04),
         jitter: float = 0.03,
         means: Sequence[Sequence[float]] | None = None,
@@ -85,20 +101,24 @@ class RandLabelContrastd(RandomizableTransform, MapTransform):
             raise ValueError(f"contrast must be 'random' or 'plausible', got {contrast!r}")
         self.image_key, self.modalities, self.contrast = image_key, tuple(modalities), contrast
         self.infant_prob, self.age, self.std, self.jitter = infant_prob, age, std, jitter
+        self.head_prob = head_prob
         self.means = None if means is None else np.asarray(means, dtype=float)
 
-    def label_means(self, codes: np.ndarray, modality: str, age: float | None, channel: int) -> np.ndarray:
-        """The mean intensity of each label of ``codes`` in one channel."""
+    def label_means(self, codes: np.ndarray, modality: str, age: float | None, head: bool, channel: int) -> np.ndarray:
+        """The mean intensity of each label of ``codes`` in one channel; ``head``: plausible head tissues."""
         uniform = self.R.uniform(0.0, 1.0, len(codes))
         if self.contrast == "random":
             return uniform
         tissues = self.means[channel] if self.means is not None else tissue_means(self.R, modality, age)
         out = uniform
-        for i, code in enumerate(codes):
+        for i, code in enumerate(int(c) for c in codes):
             if code == 0:
                 out[i] = 0.0
-            elif int(code) in TISSUE_MIX:
-                out[i] = np.dot(TISSUE_MIX[int(code)], tissues) + self.R.normal(0.0, self.jitter)
+            elif code in TISSUE_MIX:
+                out[i] = np.dot(TISSUE_MIX[code], tissues) + self.R.normal(0.0, self.jitter)
+            elif head and code in HEAD_RANGES and modality in HEAD_RANGES[code]:
+                low, high = HEAD_RANGES[code][modality]
+                out[i] = (low + high) / 2 if self.means is not None else self.R.uniform(low, high)
         return np.clip(out, 0.0, 1.0)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
@@ -109,10 +129,11 @@ class RandLabelContrastd(RandomizableTransform, MapTransform):
             index = torch.as_tensor(index.reshape(labels.shape[1:]))
             infant = self.age is not None or self.R.uniform() < self.infant_prob
             age = (self.age if self.age is not None else self.R.uniform()) if infant else None
+            head = self.means is not None or self.R.uniform() < self.head_prob
             tissue = torch.as_tensor(np.asarray(labels[0]) != 0)  # air stays 0: the scanner's noise comes later
             channels = []
             for c, modality in enumerate(self.modalities):
-                means = torch.as_tensor(self.label_means(codes, modality, age, c), dtype=torch.float32)
+                means = torch.as_tensor(self.label_means(codes, modality, age, head, c), dtype=torch.float32)
                 stds = torch.as_tensor(self.R.uniform(*self.std, len(codes)), dtype=torch.float32)
                 generator = torch.Generator().manual_seed(int(self.R.randint(2**31)))
                 noise = torch.randn(index.shape, generator=generator)
