@@ -313,3 +313,16 @@ def test_inference_benchmark_repeats_into_its_output_folder(bundle_root, tmp_pat
     monkeypatch.chdir(bundle_root)
     result = measure(str(data), str(tmp_path / "out"), str(tmp_path / "net.pt"), "cpu", repeats=1)
     assert len(result["seconds_all"]) == 2 and (tmp_path / "out" / "bench_seg.nii.gz").exists()
+
+
+def test_inference_autocasts_with_trainings_dtype(bundle_root):
+    """On a GPU, inference autocasts to the dtype training uses (bfloat16 where the GPU has it), not float16."""
+    from monai.bundle import ConfigParser
+
+    configs = {}
+    for name in ("train.yaml", "inference.yaml"):
+        parser = ConfigParser()
+        parser.read_config(str(bundle_root / "configs" / name))
+        configs[name] = parser
+    assert configs["inference.yaml"]["amp_dtype"] == configs["train.yaml"]["amp_dtype"]
+    assert configs["inference.yaml"]["evaluator"]["amp_kwargs"] == {"dtype": "$getattr(torch, @amp_dtype)"}
