@@ -132,6 +132,22 @@ def test_render_subject_skull_stripped_and_whole_head(crop):
     assert means[0] < means[1] < means[2]  # adult T1 contrast survives bias and noise
 
 
+def test_render_subject_crops_to_the_head_and_moves_the_affine_with_the_crop(crop):
+    """The crop's affine (``CropForegroundd`` on MetaTensors) is the map's moved to the crop's first voxel: by hand,
+    that voxel is 8 voxels before the head's first (or 0), mapped through the map's affine."""
+    padded = np.pad(crop, ((12, 3), (10, 0), (20, 5)))  # air before the head on every axis
+    affine = np.array([[0.9, 0.1, 0.0, -30.5], [-0.1, 1.1, 0.05, 12.25], [0.0, -0.05, 1.3, 7.0], [0, 0, 0, 1]])
+    labels = MetaTensor(torch.as_tensor(padded[None].astype(np.float32)), affine=torch.as_tensor(affine))
+    rendered = anatomy.render_subject(labels, anatomy.fixed_render("whole_head", ["t1"]), strip=False, seed=3)
+    head = np.argwhere(padded > 0)
+    start, stop = np.maximum(head.min(0) - 8, 0), np.minimum(head.max(0) + 9, padded.shape)
+    assert (start > 0).all() and rendered["image"].shape == (1, *(stop - start))
+    expected = affine.copy()
+    expected[:3, 3] += affine[:3, :3] @ start
+    np.testing.assert_allclose(rendered["affine"], expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(rendered["label"], anatomy.merge_labels(padded)[tuple(map(slice, start, stop))])
+
+
 def test_write_dataset_keeps_maps_in_their_split(tmp_path, crop):
     maps = tmp_path / "maps"
     maps.mkdir()
@@ -144,9 +160,6 @@ def test_write_dataset_keeps_maps_in_their_split(tmp_path, crop):
     assert [e["subject"] for e in lists["training"]] == ["m02r0", "m02r1", "m03r0", "m03r1"]
     assert [e["subject"] for e in lists["validation"]] == ["m01_adult"]
     assert [e["subject"] for e in lists["testing"]] == [f"m{i:02d}_whole_head" for i in anatomy.TEST_MAPS]
-    first = (out / "m02r0_T1.nii").stat().st_mtime_ns
-    anatomy.write_dataset(out, renders_per_map=2, validation=("adult",), testing=("whole_head",), anatomy_dir=maps)
-    assert (out / "m02r0_T1.nii").stat().st_mtime_ns == first  # the same dataset is not written again
     split = build_datalist(out, "anatomy", ["t1"], num_labeled=-1, num_val=0,
                            anatomy={"renders_per_map": 2, "validation": ("adult",), "testing": ("whole_head",),
                                     "anatomy_dir": str(maps)})

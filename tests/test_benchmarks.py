@@ -41,6 +41,30 @@ def test_weights_benchmark_dice_leaves_out_ignored_voxels_and_reports(tmp_path):
     table = benchmark_weights.report(str(tmp_path / "results.json")).splitlines()
     assert table[0] == "| set | t1 |" and table[2] == "| t1 | 0.500 / 0.600 / 0.700 (0.600) |" and len(table) == 3
 
+def test_weights_benchmark_renders_each_test_map_once_as_the_anatomy_dataset_does(tmp_path):
+    """``tools.benchmark_weights.write_scenario``: the held-out maps rendered by ``scripts.data.anatomy``'s
+    ``render_subject`` with the benchmark's seeds, absolute paths, and kept when there."""
+    import nibabel as nib
+    import numpy as np
+    from label_maps import write_label_maps
+
+    from scripts.data import anatomy
+    from tools import benchmark_weights
+
+    maps = write_label_maps(tmp_path / "maps", anatomy.TEST_MAPS)
+    entries = benchmark_weights.write_scenario(tmp_path / "data", "whole_head", anatomy_dir=maps)
+    assert [e["subject"] for e in entries] == [f"m{i:02d}_whole_head" for i in anatomy.TEST_MAPS]
+    assert all(Path(e[key]).is_absolute() and Path(e[key]).is_file() for e in entries for key in e if key != "subject")
+    index = anatomy.TEST_MAPS[0]
+    labels = anatomy.read_label_map(anatomy.map_path(index, maps))
+    rendered = anatomy.render_subject(labels, anatomy.fixed_render("whole_head"), strip=False,
+                                      seed=benchmark_weights.SEED + index)
+    np.testing.assert_array_equal(np.asarray(nib.load(entries[0]["t2"]).dataobj), rendered["image"][1])
+    written = {path: path.stat().st_mtime_ns for path in (tmp_path / "data").iterdir()}
+    assert benchmark_weights.write_scenario(tmp_path / "data", "whole_head", anatomy_dir=maps) == entries
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "data").iterdir()} == written
+
+
 def test_cluster_benchmark_names_the_layers_of_a_ball_and_scores_a_phantom(tmp_path):
     """``tools.benchmark_clusters``: the alternatives name CSF, GM and WM of a layered ball (bright WM core, GM shell,
     dark CSF rim) as ``tissue_clusters`` does; ``run`` scores every labelled phantom subject, means by hand."""

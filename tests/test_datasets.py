@@ -314,7 +314,7 @@ def test_train_config_holds_out_four_phantoms_for_testing_and_all_the_rest_of_a_
     assert parser.get_parsed_content("num_test") == 4 and parser.get_parsed_content("num_labeled") == 2
     from tools.benchmark_comparison import COMMON, PHANTOM, PROFILES  # the main profile measures this very run
 
-    assert parser.get_parsed_content("phantom") == PHANTOM
+    assert parser.get_parsed_content("data#phantom") == PHANTOM
     for key, value in {**COMMON, **PROFILES["main"]}.items():
         assert parser.get_parsed_content(key) == value, key
     parser["dataset_format"] = "iseg"
@@ -402,3 +402,21 @@ def test_phantom_branch_writes_and_reads_iseg_layout(tmp_path):
     assert len(first["validation"]) == 1 and len(first["training"]) == 2 and len(first["unlabeled"]) == 1
     assert all(e["t1"].startswith(str(tmp_path / "ph")) for e in first["training"])
     assert ds.build_datalist(tmp_path / "ph", "phantom", ["t1", "t2"], num_labeled=-1, num_val=1, phantom=small) == first
+
+
+@pytest.mark.parametrize(
+    "size, world_size, pad, shares",
+    [
+        (5, 2, True, [[0, 2, 4], [1, 3, 0]]),  # strided; the short share padded from the start: as many iterations
+        (5, 2, False, [[0, 2, 4], [1, 3]]),  # validation: each entry in one share
+        (4, 2, True, [[0, 2], [1, 3]]),
+        (1, 3, False, [[0], [0], [0]]),  # fewer entries than processes: padded anyway, no process left empty
+        (0, 2, True, [[], []]),
+    ],
+)
+def test_rank_share_strides_and_pads_the_datalist(size, world_size, pad, shares):
+    from scripts.data.partition import rank_share
+
+    data = [{"subject": str(i)} for i in range(size)]
+    found = [rank_share(data, pad, rank=r, world_size=world_size) for r in range(world_size)]
+    assert found == [[data[i] for i in share] for share in shares]

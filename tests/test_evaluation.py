@@ -65,7 +65,7 @@ def _read_csv(path):
 @pytest.mark.parametrize("evaluate", [False, True])
 @pytest.mark.parametrize("bf16", [True, False])
 def test_evaluator_autocasts_to_the_trainers_dtype(bundle_root, monkeypatch, evaluate, bf16):
-    """One ``amp_dtype`` for training and validation (evaluate.yaml: the test split): bfloat16 where the GPU has
+    """One ``runtime#amp_dtype`` for training and validation (evaluate.yaml: the test split): bfloat16 where the GPU has
     it, else float16; a command-line override changes both."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
@@ -77,7 +77,7 @@ def test_evaluator_autocasts_to_the_trainers_dtype(bundle_root, monkeypatch, eva
         return [parser.get_parsed_content(f"{e}#amp_kwargs", lazy=False) for e in engines]
 
     assert autocast_dtypes() == [{"dtype": torch.bfloat16 if bf16 else torch.float16}] * 2
-    parser["amp_dtype"] = "float16" if bf16 else "bfloat16"  # --amp_dtype
+    parser["runtime#amp_dtype"] = "float16" if bf16 else "bfloat16"  # --runtime#amp_dtype
     assert autocast_dtypes() == [{"dtype": torch.float16 if bf16 else torch.bfloat16}] * 2
 
 
@@ -156,9 +156,10 @@ def test_metrics_on_the_label_grid(bundle_root, tmp_path, monkeypatch):
     write_oracle_checkpoint(tmp_path / "oracle.pt")
     monkeypatch.chdir(bundle_root)
     run(
-        "evaluating", config_file=CONFIGS, dataset_format="datalist", datalist={"training": [], "testing": [subject]},
-        eval_dir=str(tmp_path / "eval"), ckpt_path=str(tmp_path / "oracle.pt"), network_def=ORACLE_NET,
-        val_roi_size=[32, 32, 32], num_workers=0,
+        "evaluating", config_file=CONFIGS, dataset_format="datalist",
+        **{"data#datalist": {"training": [], "testing": [subject]}}, eval_dir=str(tmp_path / "eval"),
+        ckpt_path=str(tmp_path / "oracle.pt"), network_def=ORACLE_NET,
+        **{"segmenter#val_roi_size": [32, 32, 32], "runtime#num_workers": 0},
     )  # fmt: skip
     measured = json.loads((tmp_path / "eval" / "summary.json").read_text())["metrics"]
     p, y = (one_hot(torch.as_tensor(v[None, None]), 4) for v in (pred, label))

@@ -37,7 +37,8 @@ def _texts(monkeypatch) -> list[str]:
 
 def test_architecture_reads_the_networks_of_the_config(bundle_root, tmp_path, monkeypatch):
     override = tmp_path / "tiny.yaml"
-    override.write_text("network_features: [4, 8, 16, 32]\ngan#generator_features: [4, 8, 16]\ngan#fake_weight: 0.5\n")
+    override.write_text("segmenter#features: [4, 8, 16, 32]\ngan#generator_features: [4, 8, 16]\n"
+                        "gan#fake_weight: 0.5\n")
     texts = _texts(monkeypatch)
     out = figures.architecture([str(bundle_root / "configs/train.yaml"), str(override)], tmp_path / "a.png", dpi=20)
     assert _png(out).shape == (7 * 20, 20 * 20, 4)

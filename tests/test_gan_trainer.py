@@ -9,7 +9,7 @@ import torch.distributed as dist
 from ignite.engine import Events
 
 from scripts.engines.gan import SemiSupervisedGanTrainer, frozen
-from scripts.losses import DiscriminatorLoss, GeneratorLoss, LabelledSegmentationLoss
+from scripts.losses import DiscriminatorLoss, GeneratorLoss, LabelledSegmentationLoss, unlabelled_loss
 from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 from scripts.networks.generators import class_intensity_statistics, tissue_onehot
 
@@ -69,6 +69,28 @@ def test_one_epoch_updates_both_networks_and_logs_every_term(kind):
     assert out["fake"].shape == out["image"].shape
     assert math.isclose(float(out["loss"]), float(out["loss_d_total"]))
     assert trainer.state.iteration == 2 and trainer.state.nonfinite_steps == 0
+
+
+def test_one_iteration_with_every_term_updates_both_networks_from_one_real_pass_of_d():
+    """One iteration with every loss term on: exactly these output keys, both networks updated, and D's logits on
+    the labelled and unlabelled patches from one training-mode pass over both (the generated patches apart)."""
+    trainer, net, gen = _trainer("mri", epoch_length=1)
+    trainer.d_loss_function.weights["synthetic"] = 1.0
+    trainer.g_loss_function.weights.update(reconstruction=1.0, segmentation=1.0, appearance=1.0)
+    untrained = copy.deepcopy(net)
+    d0, g0 = _params(net), _params(gen)
+    trainer.run()
+    out = trainer.state.output[0]
+    d_terms = ["labelled", "unlabelled", "fake", "synthetic", "total"]
+    g_terms = ["feature_matching", "adversarial", "segmentation", "appearance", "boundary", "reconstruction", "total"]
+    assert set(out) == {"image", "label", "fake", "fake_label", "pred", "loss",
+                        *(f"loss_d_{k}" for k in d_terms), *(f"loss_g_{k}" for k in g_terms)}  # fmt: skip
+    assert _changed(d0, net) and _changed(g0, gen) and trainer.state.nonfinite_steps == 0
+    unlabeled = _batches(1, with_label=False, seed=1)[0]["image"]
+    with torch.no_grad():
+        logits = untrained(torch.cat([out["image"], unlabeled]))
+    assert torch.allclose(out["pred"], logits[:2], atol=1e-6)
+    assert torch.allclose(out["loss_d_unlabelled"], unlabelled_loss(logits[2:]), atol=1e-6)
 
 
 def test_supervised_mode_has_only_the_labelled_term():
@@ -173,6 +195,17 @@ def test_non_finite_loss_skips_the_update_and_is_counted(caplog):
     assert not _changed(d0, net)
     assert trainer.state.nonfinite_steps == 2
     assert "non-finite discriminator loss (total nan) at iteration 1" in caplog.text
+
+
+def test_non_finite_generator_loss_skips_only_the_generator_update(caplog):
+    trainer, net, gen = _trainer("mri", max_nonfinite=5)
+    trainer.g_loss_function.weights["feature_matching"] = float("nan")
+    d0, g0 = _params(net), _params(gen)
+    trainer.run()
+    assert _changed(d0, net) and not _changed(g0, gen)
+    assert trainer.state.nonfinite_steps == 2
+    assert "non-finite generator loss (total nan) at iteration 1" in caplog.text
+    assert "non-finite discriminator loss" not in caplog.text
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Handlers: loss terms for logging, the tissue-collapse warning and the atomic best checkpoint."""
 
+import contextlib
+import io
 import logging
 
 import pytest
@@ -14,6 +16,48 @@ def test_loss_terms_keeps_losses_as_floats():
     out = {"loss": torch.tensor(1.5), "loss_d_fake": torch.tensor(0.25), "image": torch.zeros(1), "pred": None}
     assert loss_terms(out) == {"loss": 1.5, "loss_d_fake": 0.25}
     assert loss_terms([out]) == {"loss": 1.5, "loss_d_fake": 0.25}
+
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _progress_run(stream):
+    """3 epochs of 4 iterations whose losses are the iteration (loss) and twice it (loss_g_total), with a
+    LossProgressBar on ``stream`` (which stands for stderr, the bar's default, with stdout redirected too)."""
+    from scripts.handlers import LossProgressBar
+
+    def step(engine, batch):
+        return {"loss": torch.tensor(float(engine.state.iteration)), "loss_g_total": 2.0 * engine.state.iteration}
+
+    engine = Engine(step)
+    with contextlib.redirect_stderr(stream), contextlib.redirect_stdout(stream):
+        LossProgressBar().attach(engine)
+        engine.run([0] * 4, max_epochs=3)
+    return stream.getvalue()
+
+
+def test_progress_is_one_line_per_epoch_where_the_output_is_no_terminal(caplog):
+    """In a log file or CI no bar fragments: one logged line per epoch, with the epoch means of the losses."""
+    with caplog.at_level(logging.INFO, logger="scripts.handlers"):
+        written = _progress_run(io.StringIO())
+    assert "\r" not in written and "it/s" not in written and "Epoch [" not in written  # no bar fragments
+    lines = [r.getMessage() for r in caplog.records if r.name == "scripts.handlers"]
+    assert [line.rsplit(",", 1)[0] for line in lines] == [
+        "Epoch 1/3, iteration 4/12: loss 2.5000, loss_g 5.0000 (epoch means)",
+        "Epoch 2/3, iteration 8/12: loss 6.5000, loss_g 13.0000 (epoch means)",
+        "Epoch 3/3, iteration 12/12: loss 10.5000, loss_g 21.0000 (epoch means)",
+    ]
+    assert all(line.endswith(" s") for line in lines)
+
+
+def test_progress_bar_in_a_terminal(caplog):
+    with caplog.at_level(logging.INFO, logger="scripts.handlers"):
+        written = _progress_run(_Terminal())
+    assert "loss=12" in written and "loss_g=24" in written  # the bar, with the last iteration's losses
+    assert not [r for r in caplog.records if r.name == "scripts.handlers"]
 
 
 def test_collapse_warning_when_a_tissue_falls_below_half_its_best(caplog):

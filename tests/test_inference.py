@@ -324,5 +324,5 @@ def test_inference_autocasts_with_trainings_dtype(bundle_root):
         parser = ConfigParser()
         parser.read_config(str(bundle_root / "configs" / name))
         configs[name] = parser
-    assert configs["inference.yaml"]["amp_dtype"] == configs["train.yaml"]["amp_dtype"]
+    assert configs["inference.yaml"]["amp_dtype"] == configs["train.yaml"]["runtime#amp_dtype"]
     assert configs["inference.yaml"]["evaluator"]["amp_kwargs"] == {"dtype": "$getattr(torch, @amp_dtype)"}

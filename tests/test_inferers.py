@@ -33,6 +33,19 @@ def test_large_image_is_tiled_with_the_configured_window():
     assert net.shapes == [(16, 16, 8), (16, 16, 8)]
 
 
+def test_image_within_the_voxel_budget_runs_in_one_window():
+    """``one_window_voxels``: an image of at most that many voxels is one window of its own size; a larger one is
+    tiled with ``roi_size`` as before."""
+    inferer = BrainSlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=1, overlap=0.0, one_window_voxels=32 * 16 * 8)
+    net = _Recorder()
+    x = torch.randn(1, 1, 32, 16, 8)
+    torch.testing.assert_close(inferer(x, net), x.repeat(1, 4, 1, 1, 1))
+    assert net.shapes == [(32, 16, 8)]
+    net = _Recorder()
+    inferer(torch.randn(1, 1, 32, 16, 9), net)  # one voxel row over the budget
+    assert net.shapes == [(16, 16, 9), (16, 16, 9)]
+
+
 def test_cached_weight_map_with_a_clamped_window():
     """The cached Gaussian map of the full window is not reused for a clamped one (it crashed before)."""
     inferer = BrainSlidingWindowInferer(roi_size=(24, 24, 24), overlap=0.25, mode="gaussian", cache_roi_weight_map=True)

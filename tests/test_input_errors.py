@@ -423,8 +423,8 @@ def test_training_with_label_value_outside_the_format(bundle_root, tmp_path, che
     lines = _bundle_fails(
         bundle_root, "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(data),
         "--dataset_format", "iseg", "--num_labeled", "1", "--num_val", "1", "--output_dir", str(tmp_path / "runs"),
-        "--ckpt_dir", str(tmp_path / "models"), "--num_workers", "0", "--check_inputs", check_inputs,
-        "--iterations", "2", "--epoch_length", "1",
+        "--ckpt_dir", str(tmp_path / "models"), "--runtime#num_workers", "0", "--data#check_inputs", check_inputs,
+        "--iterations", "2", "--schedule#epoch_length", "1",
     )  # fmt: skip
     assert lines[-1] == (
         f"ERROR: {data / 'subject-2-label.hdr'} has label values [11] outside the iseg set [0, 10, 150, 250]: check "

@@ -123,6 +123,7 @@ def test_windows_run_on_input_device_and_stitch_on_stitch_device(bundle_root):
     assert parser["stitch_device"] == "cpu"
     parser["stitch_device"] = "meta"
     parser["roi_size"] = [16, 16, 16]
+    parser["one_window_voxels"] = None  # tiled, as an image over the one-window budget is
     inferer = parser.get_parsed_content("inferer")
     window_devices = []
 

@@ -25,8 +25,9 @@ def _recorded_iteration(path):
 
 def test_sigkill_mid_epoch_then_resume(bundle_root, tmp_path):
     args = [
-        "--config_file", "configs/train.yaml", "--epochs", str(EPOCHS), "--epoch_length", str(EPOCH_LENGTH),
-        "--checkpoint#interval", str(INTERVAL), "--val_interval", "2", "--gan#warmup_iterations", "2", *TINY,
+        "--config_file", "configs/train.yaml", "--schedule#epochs", str(EPOCHS),
+        "--schedule#epoch_length", str(EPOCH_LENGTH),
+        "--checkpoint#interval", str(INTERVAL), "--schedule#val_interval", "2", "--gan#warmup_iterations", "2", *TINY,
         "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"),
     ]  # fmt: skip
@@ -65,11 +66,11 @@ def test_resume_keeps_the_best_model_and_reports_it(bundle_root, tmp_path):
     model.pt, and ends by reporting the best model's Dice, epoch and iteration, from before the resume."""
     models = tmp_path / "models"
     args = [
-        "--config_file", "configs/train.yaml", "--epoch_length", "1", "--val_interval", "1",
+        "--config_file", "configs/train.yaml", "--schedule#epoch_length", "1", "--schedule#val_interval", "1",
         "--gan#warmup_iterations", "0", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
         "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(models),
     ]  # fmt: skip
-    _bundle(bundle_root, "training", *args, "--epochs", "1")
+    _bundle(bundle_root, "training", *args, "--schedule#epochs", "1")
     last = torch.load(models / "last.pt", map_location="cpu", weights_only=False)
     assert {"d_scaler", "g_scaler"} <= set(last["trainer"])  # empty without float16 loss scaling
     record = last["best_validation"]
@@ -78,7 +79,7 @@ def test_resume_keeps_the_best_model_and_reports_it(bundle_root, tmp_path):
     torch.save(last, models / "last.pt")
     best = {name: (models / name).read_bytes() for name in ("model.pt", "generator.pt")}
 
-    out = _bundle(bundle_root, "training", *args, "--epochs", "2", "--resume", "true")
+    out = _bundle(bundle_root, "training", *args, "--schedule#epochs", "2", "--resume", "true")
     assert "resuming from iteration 1, epoch 1" in out and "last validation, epoch 2" in out
     assert {name: (models / name).read_bytes() for name in best} == best
     dice = ", ".join(f"{t} {record['metrics'][f'val_dice_{t}']:.4f}" for t in ("CSF", "GM", "WM"))

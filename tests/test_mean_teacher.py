@@ -123,9 +123,9 @@ def test_generator_arguments_and_missing_unlabelled_data_are_rejected():
 
 
 TINY = [
-    "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
-    "--num_workers", "0",
+    "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "3", "--data#phantom#num_unlabeled", "1",
+    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]",
+    "--patches#samples_per_volume", "2", "--runtime#num_workers", "0",
 ]  # fmt: skip
 
 
@@ -134,8 +134,8 @@ def test_mean_teacher_trains_from_the_command_line(bundle_root, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-         "['configs/train.yaml','configs/mean_teacher.yaml']", "--epochs", "1", "--epoch_length", "2",
-         "--val_interval", "1", "--consistency_rampup", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+         "['configs/train.yaml','configs/mean_teacher.yaml']", "--schedule#epochs", "1", "--schedule#epoch_length", "2",
+         "--schedule#val_interval", "1", "--consistency_rampup", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
          "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models")],
         cwd=bundle_root, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

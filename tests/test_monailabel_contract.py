@@ -25,7 +25,7 @@ from scripts.networks import Segmenter
 
 from oracle import ORACLE_NET, write_oracle_checkpoint
 
-TINY = {"network_features": [4, 8, 16, 32]}
+TINY = {"network_features": [4, 8, 16, 32]}  # inference.yaml's; train.yaml's segmenter#features
 
 
 def _parser(bundle_root, config, **overrides):
@@ -155,9 +155,10 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
         **{"train#handlers": [loader, *handlers]},
         # tiny and CI-sized; outputs outside the bundle
         output_dir=str(tmp_path / "runs"), ckpt_dir=str(tmp_path / "models"), dataset_dir=str(dataset_dir),
-        network_features=TINY["network_features"], **{"gan#generator_features": [4, 8, 16]}, patch_size=[16, 16, 16],
-        batch_size=1, samples_per_volume=1, num_workers=0, val_interval=1, val_roi_size=[32, 32, 32],
-        **{"gan#warmup_iterations": 0}, epoch_length=1,
+        **{"segmenter#features": TINY["network_features"], "gan#generator_features": [4, 8, 16]},
+        patch_size=[16, 16, 16], batch_size=1, **{"patches#samples_per_volume": 1, "runtime#num_workers": 0},
+        **{"schedule#val_interval": 1, "segmenter#val_roi_size": [32, 32, 32], "gan#warmup_iterations": 0},
+        **{"schedule#epoch_length": 1},
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "Validation Dice per tissue" in out  # validated on MONAI Label's validation study
@@ -172,7 +173,8 @@ def test_trains_one_epoch_with_monailabel_overrides(bundle_root, tmp_path, capsy
 @pytest.mark.parametrize("max_epochs, warmup", [(1, 12), (3, 37), (50, 625)])  # int(0.25 * max_epochs * 50)
 def test_schedules_follow_monailabel_max_epochs(bundle_root, max_epochs, warmup):
     """MONAI Label overrides train#trainer#max_epochs only: the GAN's warm-up and ramp (a quarter of the run each at
-    epoch_length 50) and the cosine T_max follow it, not the 600 iterations (12 epochs) of `epochs`."""
+    schedule#epoch_length 50) and the cosine T_max follow it, not the 600 iterations (12 epochs) of
+    `schedule#epochs`."""
     parser = _parser(bundle_root, "train.yaml")
     parser.update({"train#trainer#max_epochs": max_epochs})
     schedule = ("gan#warmup_iterations", "gan#rampup_iterations", "gan#generator_start_iterations")

@@ -23,10 +23,11 @@ from monailabel.tasks.train.bundle import BundleTrainTask  # noqa: E402
 from scripts.networks import Segmenter  # noqa: E402
 
 FEATURES = [4, 8, 16, 32]
-TINY = {
-    "network_features": FEATURES, "roi_size": [32, 32, 32], "gan#generator_features": [4, 8, 16],
-    "patch_size": [16, 16, 16], "batch_size": 1, "samples_per_volume": 1, "num_workers": 0, "val_interval": 1,
-    "val_roi_size": [32, 32, 32], "gan#warmup_iterations": 0, "epoch_length": 1,
+TINY = {  # inference.yaml's settings, then train.yaml's
+    "network_features": FEATURES, "roi_size": [32, 32, 32], "segmenter#features": FEATURES,
+    "gan#generator_features": [4, 8, 16], "patch_size": [16, 16, 16], "batch_size": 1,
+    "patches#samples_per_volume": 1, "runtime#num_workers": 0, "schedule#val_interval": 1,
+    "segmenter#val_roi_size": [32, 32, 32], "gan#warmup_iterations": 0, "schedule#epoch_length": 1,
 }  # fmt: skip
 
 
@@ -38,7 +39,7 @@ def _tiny_copy(bundle_root, app_dir):
     for name in ("inference.yaml", "train.yaml"):
         path = copy / "configs" / name
         config = yaml.safe_load(path.read_text())
-        for key, value in TINY.items():  # gan#<key>: the key in the config's gan block
+        for key, value in TINY.items():  # <group>#<key>: the key in the config's group, e.g. gan
             block, _, sub = key.rpartition("#")
             target = config.get(block) if block else config
             if isinstance(target, dict) and sub in target:

@@ -11,10 +11,11 @@ import torch
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "4", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "2", "--num_val", "2", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
-    "--batch_size", "1", "--num_workers", "0", "--network_features", "[4,8,16,32]", "--gan#generator_features", "[4,8,16]",
-    "--gan#warmup_iterations", "0", "--val_interval", "1", "--epoch_length", "1",
+    "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "4", "--data#phantom#num_unlabeled", "1",
+    "--num_labeled", "2", "--num_val", "2", "--num_test", "-1", "--patch_size", "[16,16,16]",
+    "--patches#samples_per_volume", "2", "--batch_size", "1", "--runtime#num_workers", "0",
+    "--segmenter#features", "[4,8,16,32]", "--gan#generator_features", "[4,8,16]",
+    "--gan#warmup_iterations", "0", "--schedule#val_interval", "1", "--schedule#epoch_length", "1",
     "--gan#generator_interval", "1",  # G updates in both iterations: every parameter of both networks trains
 ]  # fmt: skip
 
@@ -85,7 +86,7 @@ def gan_run(bundle_root, data_dir, tmp_path_factory):
     """Two epochs of MRI-GAN training with 2 processes."""
     tmp = tmp_path_factory.mktemp("ddp_gan")
     dirs = ["--dataset_dir", str(data_dir), "--output_dir", str(tmp / "runs"), "--ckpt_dir", str(tmp / "models")]
-    probes, out = _torchrun(bundle_root, tmp, ["train", "multi_gpu_train"], "--epochs", "2", *dirs)
+    probes, out = _torchrun(bundle_root, tmp, ["train", "multi_gpu_train"], "--schedule#epochs", "2", *dirs)
     return tmp, probes, out
 
 
@@ -143,7 +144,8 @@ def test_process_group_is_destroyed(gan_run):
 def test_supervised_baseline(bundle_root, data_dir, tmp_path):
     """The override also goes on top of supervised.yaml, whose generator is null."""
     dirs = ["--dataset_dir", str(data_dir), "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "m")]
-    probes, _ = _torchrun(bundle_root, tmp_path, ["train", "supervised", "multi_gpu_train"], "--epochs", "1", *dirs)
+    configs = ["train", "supervised", "multi_gpu_train"]
+    probes, _ = _torchrun(bundle_root, tmp_path, configs, "--schedule#epochs", "1", *dirs)
     last = probes["final"]
     assert last[0]["wrapped"] == last[1]["wrapped"] == {"network": True}
     _assert_same(last[0]["state"]["network"], last[1]["state"]["network"])

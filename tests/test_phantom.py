@@ -1,4 +1,5 @@
-"""Tests of the procedural brain phantom generator ``scripts.data.phantom`` (small volumes, fast on 2 CPU cores)."""
+"""Tests of the procedural brain phantoms (``scripts.data.phantom`` and its anatomy and scanner modules; small
+volumes, fast on 2 CPU cores). Writing a dataset once: ``test_writing.py``."""
 
 import hashlib
 import json
@@ -13,6 +14,10 @@ from monai.transforms import LoadImage
 from scipy import ndimage
 
 import scripts.data.phantom as phantom
+from scripts.data.phantom_anatomy import HEAD_TISSUES
+from scripts.data.phantom_scanner import PRESETS
+from scripts.data.smooth_fields import resize_linear
+from scripts.data.writing import MARKER
 
 SMALL = (48, 56, 64)
 ADULT_SMALL, ADULT_SPACING = (64, 64, 20), (0.958, 0.958, 3.0)
@@ -71,7 +76,7 @@ def test_same_seed_gives_identical_subjects_and_other_seeds_differ(infant):
 def test_label_structures_and_background(preset, infant, adult):
     subject = {"infant": infant, "adult": adult}[preset]
     label, structures = subject["label"], subject["structures"]
-    assert set(subject["images"]) == set(phantom.PRESETS[preset])
+    assert set(subject["images"]) == set(PRESETS[preset])
     assert label.dtype == structures.dtype == np.uint8
     assert set(np.unique(label)) == {0, 1, 2, 3}
     brain = label > 0
@@ -130,7 +135,7 @@ def test_single_intensity_threshold_does_not_separate_gm_and_wm():
 
 def test_resize_linear_equals_zoom():
     coarse = np.random.default_rng(0).random((5, 7, 9), dtype=np.float32)
-    resized = phantom._resize_linear(coarse, (11, 20, 30))
+    resized = resize_linear(coarse, (11, 20, 30))
     np.testing.assert_allclose(resized, ndimage.zoom(coarse, (11 / 5, 20 / 7, 30 / 9), order=1), atol=1e-5)
 
 
@@ -154,7 +159,7 @@ def test_write_dataset_reads_flag_strings_as_booleans(tmp_path, monkeypatch):
 def test_write_iseg_layout_and_formats(iseg_dir):
     names = {f"subject-{n}-{kind}.{ext}" for n in (1, 2, 3) for kind in ("T1", "T2") for ext in ("hdr", "img")}
     names |= {f"subject-{n}-label.{ext}" for n in (1, 2) for ext in ("hdr", "img")}
-    assert {path.name for path in iseg_dir.iterdir()} == names | {"phantom.json"}
+    assert {path.name for path in iseg_dir.iterdir()} == names | {MARKER}
     loader = LoadImage(image_only=True)
     for n in (1, 2, 3):
         for kind in ("T1", "T2", "label") if n <= 2 else ("T1", "T2"):
@@ -198,27 +203,6 @@ def test_write_mrbrains13_layout_labels_and_spacing(mrbrains_dir):
     np.testing.assert_array_equal(testing, np.array([0, 2, 2, 3, 3, 1, 1, 0, 0])[training])
 
 
-def test_write_dataset_is_idempotent_and_replaces_other_phantoms(tmp_path):
-    ids = phantom.write_dataset(tmp_path, layout="iseg", **ISEG_ARGS)
-    mtimes = {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
-    assert phantom.write_dataset(tmp_path, layout="iseg", **ISEG_ARGS) == ids
-    assert {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == mtimes
-    fewer = {**ISEG_ARGS, "num_labeled": 1, "num_unlabeled": 0}
-    assert phantom.write_dataset(tmp_path, layout="iseg", **fewer) == ["subject-1"]
-    assert {path.name for path in tmp_path.iterdir()} == {
-        "phantom.json", "subject-1-T1.hdr", "subject-1-T1.img", "subject-1-T2.hdr", "subject-1-T2.img",
-        "subject-1-label.hdr", "subject-1-label.img"}
-
-
-def test_write_dataset_refuses_a_foreign_folder(tmp_path):
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not a phantom")
-    with pytest.raises(ValueError, match=str(tmp_path)):
-        phantom.write_dataset(tmp_path, layout="mrbrains13", **MRBRAINS_ARGS)
-    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
-    assert notes.read_text() == "not a phantom"
-
-
 def test_cli_writes_iseg_files(bundle_root, tmp_path):
     out_dir = tmp_path / "cli"
     command = [sys.executable, "-m", "scripts.data.phantom", "iseg", "--out_dir", str(out_dir),
@@ -231,7 +215,7 @@ def test_cli_writes_iseg_files(bundle_root, tmp_path):
 
 # ---- cohort (opt-in) --------------------------------------------------------------------------------------------
 
-COHORT_SEEDS = [phantom._subject_seed(0, index) for index in range(1, 9)]  # subjects 1-8 of write_iseg(seed=0)
+COHORT_SEEDS = [phantom.subject_seed(0, index) for index in range(1, 9)]  # subjects 1-8 of write_iseg(seed=0)
 
 
 def test_default_subject_is_unchanged_by_the_cohort_option():
@@ -281,17 +265,17 @@ def test_cohort_contrast_follows_age_across_isointensity():
 def test_write_iseg_cohort_records_the_option(tmp_path):
     default_dir, cohort_dir = tmp_path / "default", tmp_path / "cohort"
     phantom.write_iseg(default_dir, **ISEG_ARGS)
-    assert "cohort" not in json.loads((default_dir / "phantom.json").read_text())["arguments"]
+    assert "cohort" not in json.loads((default_dir / MARKER).read_text())["arguments"]
     assert phantom.write_dataset(cohort_dir, layout="iseg", cohort=True, **ISEG_ARGS) == [
         "subject-1", "subject-2", "subject-3"]
-    assert json.loads((cohort_dir / "phantom.json").read_text())["arguments"]["cohort"] is True
+    assert json.loads((cohort_dir / MARKER).read_text())["arguments"]["cohort"] is True
     for n in (1, 2, 3):
         t1 = np.asarray(nib.load(cohort_dir / f"subject-{n}-T1.hdr").dataobj)
         t2 = np.asarray(nib.load(cohort_dir / f"subject-{n}-T2.hdr").dataobj)
         assert t1.shape == t2.shape == ISEG_ARGS["shape"] and t1.dtype == np.int16 and t1.max() > 0
     label = np.asarray(nib.load(cohort_dir / "subject-1-label.hdr").dataobj)
     assert set(np.unique(label)) == {0, 10, 150, 250}
-    expected = phantom.make_subject(ISEG_ARGS["shape"], "infant", phantom._subject_seed(0, 1), cohort=True)
+    expected = phantom.make_subject(ISEG_ARGS["shape"], "infant", phantom.subject_seed(0, 1), cohort=True)
     np.testing.assert_array_equal(label, phantom._ISEG_LABEL_VALUES[expected["label"]])
     assert file_hashes(default_dir)["subject-1-T1.img"] != file_hashes(cohort_dir)["subject-1-T1.img"]
 
@@ -341,7 +325,7 @@ def test_head_surrounds_the_brain_and_is_labelled_background(preset, infant_head
     label, structures, head = subject["label"], subject["structures"], subject["head"]
     brain = structures > 0
     assert head.dtype == np.uint8 and head.shape == label.shape
-    assert set(np.unique(head)) <= set(range(len(phantom.HEAD_TISSUES)))
+    assert set(np.unique(head)) <= set(range(len(HEAD_TISSUES)))
     assert {SKIN, FAT, BONE} <= set(np.unique(head)), "scalp, fat and skull must be there"
     assert not head[brain].any() and np.all(label[~brain] == 0), "everything outside the brain is background"
     assert {7, 8} <= set(np.unique(structures)), "with a head both presets have cerebellum and brainstem"
@@ -374,11 +358,11 @@ def test_head_tissues_have_their_own_intensities():
 def test_head_writers_keep_negative_values_and_label_the_head_background(tmp_path):
     args = {**ISEG_ARGS, "shape": SMALL, "num_labeled": 2, "num_unlabeled": 0}
     assert phantom.write_dataset(tmp_path, layout="iseg", head=True, **args) == ["subject-1", "subject-2"]
-    marker = json.loads((tmp_path / "phantom.json").read_text())["arguments"]
+    marker = json.loads((tmp_path / MARKER).read_text())["arguments"]
     assert marker["head"] is True and not {"randomize", "folded", "cohort", "preset"} & set(marker)
     minimum = np.inf
     for n in (1, 2):
-        expected = phantom.make_subject(SMALL, "infant", phantom._subject_seed(0, n), head=True)
+        expected = phantom.make_subject(SMALL, "infant", phantom.subject_seed(0, n), head=True)
         label = np.asarray(nib.load(tmp_path / f"subject-{n}-label.hdr").dataobj)
         np.testing.assert_array_equal(label, phantom._ISEG_LABEL_VALUES[expected["label"]])
         for kind in ("T1", "T2"):
@@ -414,7 +398,7 @@ def test_randomize_varies_contrast_but_not_anatomy():
 def test_randomize_is_deterministic_and_works_with_the_adult_head(adult_head):
     again = phantom.make_subject(ADULT_SMALL, "adult", seed=0, spacing=ADULT_SPACING, head=True, randomize=True)
     assert again["randomized"] == adult_head["randomized"]
-    assert set(adult_head["images"]) == set(phantom.PRESETS["adult"])
+    assert set(adult_head["images"]) == set(PRESETS["adult"])
     for modality, image in adult_head["images"].items():
         assert image.tobytes() == again["images"][modality].tobytes()
     plain = phantom.make_subject(ADULT_SMALL, "adult", seed=0, spacing=ADULT_SPACING, head=True)
@@ -454,8 +438,8 @@ def test_hindbrain_is_ignored_in_mrbrains13_and_tissue_in_the_iseg_layout(tmp_pa
 
     args = {**ISEG_ARGS, "shape": SMALL, "num_labeled": 1, "num_unlabeled": 0}
     assert phantom.write_iseg(tmp_path / "iseg", preset="adult", **args) == ["subject-1"]
-    assert json.loads((tmp_path / "iseg/phantom.json").read_text())["arguments"]["preset"] == "adult"
-    subject = phantom.make_subject(SMALL, "adult", phantom._subject_seed(0, 1), modalities=("t1", "t2"))
+    assert json.loads((tmp_path / "iseg" / MARKER).read_text())["arguments"]["preset"] == "adult"
+    subject = phantom.make_subject(SMALL, "adult", phantom.subject_seed(0, 1), modalities=("t1", "t2"))
     label = np.asarray(nib.load(tmp_path / "iseg/subject-1-label.hdr").dataobj)
     np.testing.assert_array_equal(label, phantom._ISEG_LABEL_VALUES[subject["label"]])
     mapped = np.asarray(MapLabelValue(*label_mapping("iseg"), dtype=np.uint8)(label))
@@ -472,9 +456,9 @@ def test_hindbrain_is_ignored_in_mrbrains13_and_tissue_in_the_iseg_layout(tmp_pa
 def test_new_options_leave_default_markers_and_adult_subjects_alone(iseg_dir, mrbrains_dir, adult):
     """Markers of default datasets record no new option, and the default adult subject matches checksums computed
     before ``head``, ``randomize`` and ``folded`` existed (the infant one: ``test_default_subject_is_unchanged...``)."""
-    assert json.loads((iseg_dir / "phantom.json").read_text())["arguments"] == {
+    assert json.loads((iseg_dir / MARKER).read_text())["arguments"] == {
         **ISEG_ARGS, "shape": list(ISEG_ARGS["shape"])}
-    assert set(json.loads((mrbrains_dir / "phantom.json").read_text())["arguments"]) == {
+    assert set(json.loads((mrbrains_dir / MARKER).read_text())["arguments"]) == {
         "num_labeled", "num_unlabeled", "shape", "seed", "spacing"}
     assert not {"head", "randomized"} & set(adult)
     structures_sha256 = "81506ad15ab3c7047701f94b2b4b56515fbf8b875a80aee6a4d5937081b57c01"
@@ -492,7 +476,7 @@ def test_heads_figure(tmp_path):
     pytest.importorskip("matplotlib")
     from tools.cohort_figure import HEAD_COLOURS, heads
 
-    assert len(HEAD_COLOURS) == len(phantom.HEAD_TISSUES) - 1
+    assert len(HEAD_COLOURS) == len(HEAD_TISSUES) - 1
     out = tmp_path / "heads.png"
     assert heads(out, shape=(40, 48, 56), dpi=40) == str(out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -504,7 +488,7 @@ def test_cli_writes_heads_with_the_new_options(bundle_root, tmp_path):
                "--num_unlabeled", "0", "--shape", "[40,48,56]", "--head", "--randomize", "--folded",
                "--preset", "adult"]
     subprocess.run(command, cwd=bundle_root, check=True, capture_output=True)
-    assert json.loads((out_dir / "phantom.json").read_text())["arguments"] == {
+    assert json.loads((out_dir / MARKER).read_text())["arguments"] == {
         "num_labeled": 1, "num_unlabeled": 0, "shape": [40, 48, 56], "seed": 0, "head": True, "randomize": True,
         "folded": True, "preset": "adult"}
     label = np.asarray(nib.load(out_dir / "subject-1-label.hdr").dataobj)

@@ -42,8 +42,8 @@ def test_shipped_weights_are_small_plain_state_dicts_of_their_recipes_network(bu
     path = bundle_root / "models" / name
     assert path.stat().st_size < 25 * 2**20
     recipe = _recipe(bundle_root, name)
-    assert network_features(path) == recipe["network_features"]
-    network = Segmenter(len(recipe["modalities"]), 4, features=recipe["network_features"])
+    assert network_features(path) == recipe["segmenter#features"]
+    network = Segmenter(len(recipe["modalities"]), 4, features=recipe["segmenter#features"])
     network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -84,8 +84,8 @@ def test_modalities_without_shipped_weights_ask_for_a_checkpoint(bundle_root):
 
 def _write_test_subjects(folder, recipe):
     """The training run's test subjects (held-out maps in the recipe's test scenarios), rendered as its dataset
-    rendered them (``scripts.data.anatomy.render_jobs`` with the recipe's ``anatomy`` arguments)."""
-    options = dict(recipe["anatomy"])
+    rendered them (``scripts.data.anatomy.render_jobs`` with the recipe's ``data#anatomy`` arguments)."""
+    options = dict(recipe["data#anatomy"])
     jobs = anatomy.render_jobs(anatomy.map_indices(), options.get("renders_per_map", 4), options["validation"],
                                options["testing"], options.get("seed", 0))
     folder.mkdir()
@@ -101,9 +101,9 @@ def test_evaluate_reproduces_the_metadata_eval_metrics(bundle_root, tmp_path, na
     datalist = {"training": [], "validation": [], "testing": testing, "unlabeled": []}
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "evaluating",
-        "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", "--datalist", repr(datalist),
+        "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", "--data#datalist", repr(datalist),
         "--modalities", repr(modalities), "--ckpt_path", f"models/{name}", "--dataset_format", "anatomy",
-        "--eval_dir", str(tmp_path / "eval"), "--output_dir", str(tmp_path / "runs"), "--num_workers", "0",
+        "--eval_dir", str(tmp_path / "eval"), "--output_dir", str(tmp_path / "runs"), "--runtime#num_workers", "0",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=bundle_root, env=env, capture_output=True, text=True, timeout=1200)

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.slow
 
 EPOCHS, EPOCH_LENGTH, WARMUP = 2, 3, 1
 TINY = [
-    "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
-    "--num_workers", "0", "--network_features", "[4,8,16,32]", "--gan#generator_features", "[4,8,16]",
+    "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "3", "--data#phantom#num_unlabeled", "1",
+    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]",
+    "--patches#samples_per_volume", "2", "--runtime#num_workers", "0", "--segmenter#features", "[4,8,16,32]",
+    "--gan#generator_features", "[4,8,16]",
 ]  # fmt: skip
 
 
@@ -24,8 +25,9 @@ def tracked(bundle_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracking")
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
-        "--tracking", "configs/mlflow.yaml", "--epochs", str(EPOCHS), "--epoch_length", str(EPOCH_LENGTH),
-        "--val_interval", "1", "--gan#warmup_iterations", str(WARMUP), *TINY, "--dataset_dir", str(tmp / "phantom"),
+        "--tracking", "configs/mlflow.yaml", "--schedule#epochs", str(EPOCHS),
+        "--schedule#epoch_length", str(EPOCH_LENGTH), "--schedule#val_interval", "1",
+        "--gan#warmup_iterations", str(WARMUP), *TINY, "--dataset_dir", str(tmp / "phantom"),
         "--output_dir", str(tmp / "runs"), "--ckpt_dir", str(tmp / "models"), "--run_name", "tiny",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(bundle_root), OMP_NUM_THREADS="1")
@@ -91,7 +93,8 @@ def test_monai_default_mlflow_tracking(bundle_root, tmp_path):
     """`--tracking mlflow`, MONAI's own settings, records the discriminator loss of every iteration."""
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml",
-        "--tracking", "mlflow", "--epochs", "1", "--epoch_length", "2", "--val_interval", "1",
+        "--tracking", "mlflow", "--schedule#epochs", "1", "--schedule#epoch_length", "2",
+        "--schedule#val_interval", "1",
         "--gan#warmup_iterations", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
         "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
     ]  # fmt: skip

@@ -16,9 +16,9 @@ from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "--phantom#shape", "[48,56,64]", "--phantom#num_labeled", "3", "--phantom#num_unlabeled", "1",
-    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]", "--samples_per_volume", "2",
-    "--num_workers", "0",
+    "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "3", "--data#phantom#num_unlabeled", "1",
+    "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]",
+    "--patches#samples_per_volume", "2", "--runtime#num_workers", "0",
 ]  # fmt: skip
 
 
@@ -38,7 +38,8 @@ def trained(bundle_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     dirs = {"dataset_dir": tmp / "phantom", "output_dir": tmp / "runs", "ckpt_dir": tmp / "models"}
     out = _bundle(
-        bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "2", "--epoch_length", "1", "--val_interval", "1",
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--schedule#epochs", "2",
+        "--schedule#epoch_length", "1", "--schedule#val_interval", "1",
         "--gan#warmup_iterations", "1", *TINY, *[a for k, v in dirs.items() for a in (f"--{k}", str(v))],
     )  # fmt: skip
     return dirs, out
@@ -82,11 +83,12 @@ def test_evaluation_on_test_split(trained, bundle_root, tmp_path):
 
 def test_monai_label_run_id(bundle_root, tmp_path):
     """MONAI Label trains through the default `run` id and overrides train#trainer#max_epochs only: the GAN's schedule
-    follows it (warm-up a quarter of the 4 iterations, not of `epochs`' 600) and the generator trains."""
+    follows it (warm-up a quarter of the 4 iterations, not of `schedule#epochs`' 600) and the generator trains."""
     _bundle(
-        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1", "--epoch_length", "4",
+        bundle_root, "--config_file", "configs/train.yaml", "--train#trainer#max_epochs", "1",
+        "--schedule#epoch_length", "4",
         *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
-        "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "1",
+        "--ckpt_dir", str(tmp_path / "models"), "--schedule#val_interval", "1",
     )  # fmt: skip
     last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert last["trainer"]["iteration"] == 4
@@ -101,8 +103,9 @@ def test_monai_label_run_id(bundle_root, tmp_path):
 @pytest.mark.parametrize("variant", ["supervised", "standard_gan"])
 def test_baselines_train_from_the_command_line(bundle_root, tmp_path, variant):
     out = _bundle(
-        bundle_root, "training", "--config_file", f"['configs/train.yaml','configs/{variant}.yaml']", "--epochs", "1", "--epoch_length", "1",
-        "--val_interval", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
+        bundle_root, "training", "--config_file", f"['configs/train.yaml','configs/{variant}.yaml']",
+        "--schedule#epochs", "1", "--schedule#epoch_length", "1", "--schedule#val_interval", "1", *TINY,
+        "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
         "--ckpt_dir", str(tmp_path / "models"),
     )  # fmt: skip
     assert "Validation Dice per tissue" in out
@@ -119,12 +122,13 @@ def test_resume_continues_from_the_last_checkpoint(bundle_root, tmp_path):
     """A run stopped after 1 epoch continues with --resume from its recorded iteration, optimisers included."""
     args = [
         *TINY, "--dataset_dir", str(tmp_path / "phantom"), "--output_dir", str(tmp_path / "runs"),
-        "--ckpt_dir", str(tmp_path / "models"), "--val_interval", "5", "--epoch_length", "2",
+        "--ckpt_dir", str(tmp_path / "models"), "--schedule#val_interval", "5", "--schedule#epoch_length", "2",
     ]  # fmt: skip
-    _bundle(bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", *args)
+    _bundle(bundle_root, "training", "--config_file", "configs/train.yaml", "--schedule#epochs", "1", *args)
     first = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert first["trainer"]["iteration"] == 2 and first["g_optimizer"]["state"]
-    out = _bundle(bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "3", "--resume", "true", *args)
+    resumed = ["--config_file", "configs/train.yaml", "--schedule#epochs", "3", "--resume", "true"]
+    out = _bundle(bundle_root, "training", *resumed, *args)
     assert "resuming from iteration 2, epoch 1" in out
     second = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert second["trainer"]["iteration"] == 6 and second["trainer"]["max_epochs"] == 3
@@ -158,8 +162,9 @@ def test_same_seed_same_losses_on_cpu(bundle_root, tmp_path):
     runs = []
     for name in ("a", "b"):
         _bundle(
-            bundle_root, "training", "--config_file", "configs/train.yaml", "--epochs", "1", "--epoch_length", "3",
-            "--gan#warmup_iterations", "1", "--val_interval", "5", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+            bundle_root, "training", "--config_file", "configs/train.yaml", "--schedule#epochs", "1",
+            "--schedule#epoch_length", "3", "--gan#warmup_iterations", "1", "--schedule#val_interval", "5", *TINY,
+            "--dataset_dir", str(tmp_path / "phantom"),
             "--output_dir", str(tmp_path / name / "runs"), "--ckpt_dir", str(tmp_path / name / "models"),
         )  # fmt: skip
         runs.append(_scalars(tmp_path / name / "runs"))
@@ -169,24 +174,25 @@ def test_same_seed_same_losses_on_cpu(bundle_root, tmp_path):
 
 @pytest.mark.parametrize("crop_sampling", ["random", "balanced"])
 def test_batches_of_two_volumes(bundle_root, tmp_path, crop_sampling):
-    """The default batch_size 2 collates patches of two labelled volumes with either crop sampling."""
+    """The default batch_size 2 collates patches of two labelled volumes with either patches#sampling."""
     tiny = [a for a in TINY]
     tiny[tiny.index("--num_labeled") + 1] = "2"
-    tiny[tiny.index("--phantom#num_labeled") + 1] = "4"
+    tiny[tiny.index("--data#phantom#num_labeled") + 1] = "4"
     probe = tmp_path / "probe.yaml"  # saves the last labelled batch: its shape and the file of every patch
     image = "@train#trainer.state.output[0]['image']"
     save = f"{{'shape': tuple({image}.shape), 'files': {image}.meta['filename_or_obj']}}, '{tmp_path / 'batch.pt'}'"
     probe.write_text(f'+run: ["$torch.save({save})"]\n')
     _bundle(
-        bundle_root, "training", "--config_file", f"['configs/train.yaml','{probe}']", "--epochs", "1",
-        "--epoch_length", "2", "--gan#warmup_iterations", "1", "--val_interval", "5", "--batch_size", "2",
-        "--crop_sampling", crop_sampling, *tiny, "--dataset_dir", str(tmp_path / "phantom"),
+        bundle_root, "training", "--config_file", f"['configs/train.yaml','{probe}']", "--schedule#epochs", "1",
+        "--schedule#epoch_length", "2", "--gan#warmup_iterations", "1", "--schedule#val_interval", "5",
+        "--batch_size", "2",
+        "--patches#sampling", crop_sampling, *tiny, "--dataset_dir", str(tmp_path / "phantom"),
         "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
     )  # fmt: skip
     last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert last["trainer"]["iteration"] == 2
     batch = torch.load(tmp_path / "batch.pt", weights_only=False)
-    assert batch["shape"] == (4, 2, 16, 16, 16)  # 2 volumes x samples_per_volume (2) patches, T1 and T2
+    assert batch["shape"] == (4, 2, 16, 16, 16)  # 2 volumes x patches#samples_per_volume (2) patches, T1 and T2
     training = [e["subject"] for e in json.loads((tmp_path / "runs" / "split.json").read_text())["training"]]
     patches = collections.Counter(re.search(r"subject-\d+", f).group() for f in batch["files"])
     assert len(training) == 2 and patches == {subject: 2 for subject in training}
@@ -203,7 +209,7 @@ def test_schedule_in_iterations_and_no_best_model_from_the_warmup(bundle_root, v
     parser["bundle_root"] = str(bundle_root)
     for num_labeled in (2, 8):
         parser["num_labeled"] = num_labeled
-        assert parser.get_parsed_content("epochs", lazy=False) * parser["epoch_length"] == 600
+        assert parser.get_parsed_content("schedule#epochs", lazy=False) * parser["schedule#epoch_length"] == 600
     assert parser.get_parsed_content("gan#warmup_iterations", lazy=False) == 150
     validation = next(h for h in parser["train"]["handlers"] if h["_target_"].endswith("FinalValidation"))
     assert parser.get_parsed_content(f"train#handlers#{parser['train']['handlers'].index(validation)}#start_iteration",
@@ -231,8 +237,9 @@ def test_init_ckpt_starts_the_segmenter_from_given_weights(bundle_root, tmp_path
     torch.save(start.state_dict(), tmp_path / "start.pt")
     _bundle(
         bundle_root, "training", "--config_file", "['configs/train.yaml','configs/supervised.yaml']",
-        "--init_ckpt", str(tmp_path / "start.pt"), "--network_features", "[8,16]", "--learning_rate", "0",
-        "--epochs", "1", "--epoch_length", "1", "--val_interval", "1", *TINY, "--dataset_dir", str(tmp_path / "phantom"),
+        "--init_ckpt", str(tmp_path / "start.pt"), "--segmenter#features", "[8,16]", "--learning_rate", "0",
+        "--schedule#epochs", "1", "--schedule#epoch_length", "1", "--schedule#val_interval", "1", *TINY,
+        "--dataset_dir", str(tmp_path / "phantom"),
         "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
     )  # fmt: skip
     saved = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)

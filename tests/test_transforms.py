@@ -28,22 +28,23 @@ def test_tissue_shift_joins_labelled_training_by_default_and_leaves_at_zero(bund
     parser["bundle_root"] = str(bundle_root)
     (shift,) = parser.get_parsed_content("train#tissue_shift")
     assert isinstance(shift, RandTissueShiftd) and shift.prob == 0.5 and shift.offset == 0.5
-    parser["tissue_shift_prob"] = 0.0
+    parser["patches#tissue_shift_prob"] = 0.0
     assert parser.get_parsed_content("train#tissue_shift") == []  # the transform chain without it
 
 
 @pytest.mark.parametrize("gap", [None, 0.0, 0.3])
 def test_every_config_normalises_with_trainings_intensity_gap(bundle_root, gap):
-    """Training, inference and synthesis scale intensities with the same gap (train.yaml's intensity_gap, 0.5 by
-    default), and shifted tissues stop at -1 + gap: a model meets at inference the intensities it was trained on."""
+    """Training, inference and synthesis scale intensities with the same gap (train.yaml's data#intensity_gap, 0.5 by
+    default; inference.yaml's and synthesize.yaml's intensity_gap), and shifted tissues stop at -1 + gap: a model
+    meets at inference the intensities it was trained on."""
     from scripts.transforms import ForegroundPercentileScaled
 
     def parser_of(config):
         parser = ConfigParser()
         parser.read_config(str(bundle_root / "configs" / config))
         parser["bundle_root"] = str(bundle_root)
-        if gap is not None:
-            parser["intensity_gap"] = gap  # --intensity_gap
+        if gap is not None:  # --data#intensity_gap in training, --intensity_gap in the self-contained configs
+            parser["data#intensity_gap" if config == "train.yaml" else "intensity_gap"] = gap
         return parser
 
     def scalers(config, transforms_id):  # only the scaling transforms are built: no dataset is read or written
@@ -110,6 +111,49 @@ def test_tissue_clusters_of_a_whole_head_keep_to_the_brain_mask(tmp_path):
     assert torch.equal(out["clusters"], unmasked)
     with pytest.raises(InputError, match=r"brain mask mask has shape \(1, 40, 40, 39\)"):
         TissueClustersd("image")({"image": image, "mask": mask[..., 1:]})
+
+
+
+def _whole_head(folder):
+    """A whole head on disk, as the anatomy datasets and the folder/datalist formats give it: T1 and T2 NIfTIs of
+    a WM ball, a GM ribbon and CSF (radius 15) in a dark skull and a bright scalp (radius 17 to 19), its label and
+    brain mask (radius 15). Returns the datalist entry and the scalp's voxel count."""
+    import nibabel as nib
+    import numpy as np
+
+    radius = np.linalg.norm(np.stack(np.meshgrid(*[np.arange(44.0) - 22] * 3, indexing="ij")), axis=0)
+    layers = np.digitize(radius, [9, 12, 15, 17, 19])  # WM, GM, CSF, skull, scalp, air
+    images = {"t1": np.take([300, 200, 50, 5, 400, 0], layers), "t2": np.take([100, 200, 400, 5, 300, 0], layers),
+              "label": np.take([250, 150, 10, 0, 0, 0], layers), "mask": radius < 15}  # fmt: skip
+    entry = {"subject": "head"}
+    for name, image in images.items():
+        entry[name] = str(folder / f"head_{name}.nii.gz")
+        dtype = np.float32 if name in ("t1", "t2") else np.uint8
+        nib.save(nib.Nifti1Image(image.astype(dtype), np.eye(4)), entry[name])
+    return entry, int((layers == 4).sum())
+
+
+def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, tmp_path):
+    """The unlabelled subjects' k-means tissue classes (train#unlabeled#clusters) keep to the subject's brain mask
+    where the datalist entry has one: training loads it on the image's grid and passes it to TissueClustersd; without
+    one the scalp is clustered too. The mask is dropped afterwards: no batch holds it, labelled or not."""
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    entry, scalp = _whole_head(tmp_path)
+    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "train#dataset#data": [entry]})
+    clusters = parser.get_parsed_content("train#unlabeled#clusters")
+    clustering = Compose(parser.get_parsed_content("data#preprocessing") + clusters)
+    unlabeled = {k: v for k, v in entry.items() if k != "label"}
+    out = clustering(unlabeled)
+    clusters, mask = out["clusters"][0], out["mask"][0] > 0  # the mask loaded, resampled and cropped with the image
+    assert mask.shape == clusters.shape and (clusters[~mask] == 0).all() and (clusters[mask] > 0).float().mean() > 0.95
+    unmasked = clustering({k: v for k, v in unlabeled.items() if k != "mask"})["clusters"]  # no mask: still runs
+    assert (unmasked > 0).sum() > (clusters > 0).sum() + 0.9 * scalp  # the scalp taken for tissue
+    patches = parser.get_parsed_content("train#unlabeled#preprocessing")(unlabeled)
+    labelled = parser.get_parsed_content("train#preprocessing")(entry)
+    assert all("mask" not in p and "clusters" in p for p in patches) and all("mask" not in p for p in labelled)
 
 
 @pytest.mark.parametrize(

@@ -69,12 +69,12 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
     parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_format": dataset_format, "dataset_dir": dataset_dir,
-                   "num_labeled": -1, "num_val": 0, "num_test": 0, "split_file": None,
+                   "num_labeled": -1, "num_val": 0, "num_test": 0, "data#split_file": None,
                    "output_dir": str(BUNDLE_ROOT / "runs")})  # fmt: skip
     prep = Compose(parser.get_parsed_content("data#preprocessing"))
     methods = {"kmeans": tissue_clusters, "pure": lambda im: pure_clusters(im, quantile), "four": four_clusters}
     subjects = []
-    for entry in parser.get_parsed_content("datalist")["training"]:
+    for entry in parser.get_parsed_content("data#datalist")["training"]:
         data = prep(dict(entry))
         image, label = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0]
         row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0]}

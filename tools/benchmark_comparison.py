@@ -6,8 +6,8 @@ with statistics of k-means tissue classes (0.8.0).
 
 Every bundle run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
 with the same data split, number of iterations and seed; only the training seed changes between repeats (the split is
-fixed by ``split_seed``). Validation and test subjects are fixed (``num_val``, ``num_test``); labelled subjects not used
-for training join the unlabelled ones. The plain baseline (``tools.benchmark_plain_unet``) trains for the wall time
+fixed by ``data#split_seed``). Validation and test subjects are fixed (``num_val``, ``num_test``); labelled subjects
+not used for training join the unlabelled ones. The plain baseline (``tools.benchmark_plain_unet``) trains for the wall time
 the supervised run of the same setting and seed took, ``plain_unet_gan_time`` for the default MRI-GAN's (or
 ``plain_minutes`` when there is none yet). Run from the
 repository root:
@@ -41,31 +41,32 @@ from tools import BUNDLE_ROOT, subprocess_env
 # Every variant states the settings it was measured with, so that a later change of train.yaml's defaults does not
 # change what an old variant means: no offsets, the generator from the start and at every iteration, (MRI-GAN) no
 # source statistics, and no intensity gap, unless the variant says otherwise.
-_BEFORE_0100 = {"intensity_gap": 0.0}
-_BEFORE_080 = {**_BEFORE_0100, "tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0,
+_BEFORE_0100 = {"data#intensity_gap": 0.0}
+_BEFORE_080 = {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0,
                "gan#generator_interval": 1}  # fmt: skip
 _TRANSFER_040 = {**_BEFORE_080, "gan#source_statistics": False}
 _CLUSTERS = {"gan#source_statistics": True, "gan#source_classes": "clusters"}
 _SEGMENTER = {"gan#source_statistics": True, "gan#source_classes": "segmenter"}
-_DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "tissue_shift_prob": 0.5, "gan#generator_interval": 2,
+_DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "patches#tissue_shift_prob": 0.5, "gan#generator_interval": 2,
                 "gan#generator_start_iterations": "@gan#warmup_iterations"}  # fmt: skip
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
-    "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.0}),
+    "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0}),
     "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
-    "mean_teacher": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.0}),
+    "mean_teacher": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0}),
     "standard_gan": (["configs/standard_gan.yaml"], _BEFORE_080),
     "paper_gan": (["configs/paper_gan.yaml"], _BEFORE_080),
     "mri_gan": ([], _TRANSFER_040),
     "mri_gan_statistics": ([], {**_BEFORE_080, **_SEGMENTER}),
     "mri_gan_swap": ([], {**_BEFORE_080, **_SEGMENTER, "gan#contrast_swap": 0.5}),
-    "supervised_shift": (["configs/supervised.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.5}),
-    "mri_gan_shift": ([], {**_TRANSFER_040, "tissue_shift_prob": 0.5}),
+    "supervised_shift": (["configs/supervised.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.5}),
+    "mri_gan_shift": ([], {**_TRANSFER_040, "patches#tissue_shift_prob": 0.5}),
     "mri_gan_clusters": ([], {**_BEFORE_080, **_CLUSTERS}),
-    "mri_gan_clusters_shift": ([], {**_BEFORE_080, **_CLUSTERS, "tissue_shift_prob": 0.5}),
+    "mri_gan_clusters_shift": ([], {**_BEFORE_080, **_CLUSTERS, "patches#tissue_shift_prob": 0.5}),
     "mri_gan_clusters_shift_cheap": ([], _DEFAULT_080),  # 0.8.0's default
-    "mri_gan_gap": ([], {**_DEFAULT_080, "intensity_gap": 0.5}),  # 0.10.0's default
-    "supervised_gap": (["configs/supervised.yaml"], {"tissue_shift_prob": 0.5, "intensity_gap": 0.5}),  # its baseline
-    "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "tissue_shift_prob": 0.5}),
+    "mri_gan_gap": ([], {**_DEFAULT_080, "data#intensity_gap": 0.5}),  # 0.10.0's default
+    # the default's baseline
+    "supervised_gap": (["configs/supervised.yaml"], {"patches#tissue_shift_prob": 0.5, "data#intensity_gap": 0.5}),
+    "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.5}),
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
     "plain_unet_gap_time": None,  # the same for 0.10.0's default
 }
@@ -90,18 +91,18 @@ LABELS = {
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
     "cpu": {
-        "iterations": 600, "epoch_length": 50, "val_interval": 2, "batch_size": 1, "unlabeled_batch_size": 1,
-        "samples_per_volume": 8, "patch_size": [24, 24, 24], "network_features": [8, 16, 32, 64],
-        "gan#generator_features": [8, 16, 32],
+        "iterations": 600, "schedule#epoch_length": 50, "schedule#val_interval": 2, "batch_size": 1,
+        "patches#unlabeled_batch_size": 1, "patches#samples_per_volume": 8, "patch_size": [24, 24, 24],
+        "segmenter#features": [8, 16, 32, 64], "gan#generator_features": [8, 16, 32],
     },
     # 3000 iterations of the default configuration (network, patches, batches)
-    "gpu": {"iterations": 3000, "epoch_length": 100, "val_interval": 5},
+    "gpu": {"iterations": 3000, "schedule#epoch_length": 100, "schedule#val_interval": 5},
     # the README's main job: train.yaml's schedule, network, patches and batches
-    "main": {"iterations": 600, "epoch_length": 50, "val_interval": 2},
+    "main": {"iterations": 600, "schedule#epoch_length": 50, "schedule#val_interval": 2},
 }  # fmt: skip
 # the phantom cohort (scripts.data.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
 PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
-COMMON = {"num_val": 2, "num_test": 4, "split_seed": 0, "num_workers": 2}
+COMMON = {"num_val": 2, "num_test": 4, "data#split_seed": 0, "runtime#num_workers": 2}
 WORK_DIR, DOCS_DIR = str(BUNDLE_ROOT / "runs" / "comparison"), str(BUNDLE_ROOT / "docs")
 
 
@@ -136,7 +137,8 @@ def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
             [*args, "--eval_dir", json.dumps(str(run_dir / "eval"))], run_dir / "eval.log")  # fmt: skip
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     return {
-        "train_seconds": round(train_s, 1), "best_iteration": best_iteration(run_dir / "train.log", settings["epoch_length"]),
+        "train_seconds": round(train_s, 1),
+        "best_iteration": best_iteration(run_dir / "train.log", settings["schedule#epoch_length"]),
         "dice": {t: summary["metrics"]["val_dice"][t]["mean"] for t in TISSUES},
         "hd95": {t: summary["metrics"]["val_hd95"][t]["mean"] for t in TISSUES},
     }  # fmt: skip
@@ -146,7 +148,7 @@ def _run_plain(run_dir, settings, n, seed, minutes) -> dict:
     out = run_dir / "result.json"
     args = _overrides({"dataset_dir": settings["dataset_dir"], "dataset_format": "phantom", "phantom": PHANTOM,
                        "num_labeled": n, "num_val": COMMON["num_val"], "num_test": COMMON["num_test"], "seed": seed,
-                       "split_seed": COMMON["split_seed"], "minutes": minutes, "out": str(out)})  # fmt: skip
+                       "split_seed": COMMON["data#split_seed"], "minutes": minutes, "out": str(out)})  # fmt: skip
     _command([sys.executable, "-m", "tools.benchmark_plain_unet", "run", *args], run_dir / "train.log")
     result = json.loads(out.read_text())
     return {"train_seconds": round(result["train_seconds"], 1), "dice": {t: result["dice"][t] for t in TISSUES}}
@@ -167,7 +169,7 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
-    settings = {**COMMON, **PROFILES[profile], "dataset_dir": str(Path(dataset_dir).resolve()), "phantom": PHANTOM}
+    settings = {**COMMON, **PROFILES[profile], "dataset_dir": str(Path(dataset_dir).resolve()), "data#phantom": PHANTOM}
     for seed in seeds:
         for n in labelled:
             for variant in variants:

@@ -115,7 +115,7 @@ def _forever(loader):
 
 def _bundle_phantom() -> dict:
     """The phantom data of ``configs/train.yaml``, so that this baseline sees the bundle's subjects."""
-    return yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())["phantom"]
+    return yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())["data"]["phantom"]
 
 
 def run(

@@ -61,8 +61,8 @@ def profile(configs=("configs/train.yaml",), iterations: int = 20, warmup: int =
             "output_dir": f"{tmp}/runs",
             "ckpt_dir": f"{tmp}/models",
             "iterations": total,
-            "epoch_length": total,
-            "val_interval": 1,
+            "schedule#epoch_length": total,
+            "schedule#val_interval": 1,
         }
         settings.update(overrides)
         for key, value in settings.items():
@@ -106,7 +106,7 @@ def profile(configs=("configs/train.yaml",), iterations: int = 20, warmup: int =
         "configs": list([configs] if isinstance(configs, str) else configs),
         "overrides": {k: v for k, v in overrides.items()},
         "torch_threads": torch.get_num_threads(),
-        "num_workers": parser.get_parsed_content("num_workers"),
+        "num_workers": parser.get_parsed_content("runtime#num_workers"),
         "iterations_timed": iterations,
         "setup_seconds": setup_seconds,
         "cpu_seconds_per_iteration": (usage[total].ru_utime + usage[total].ru_stime - usage[warmup].ru_utime

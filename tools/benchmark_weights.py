@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 
 from scripts.atomic import write_json
-from scripts.data.anatomy import SCENARIOS, TEST_MAPS, fixed_render, map_path, read_label_map, render_subject, save_subject
+from scripts.data.anatomy import ANATOMY_DIR, TEST_MAPS, subject_entry, write_jobs
 from scripts.data.datasets import IGNORE_LABEL
 from scripts.evaluation import TISSUES
 from tools import BUNDLE_ROOT, subprocess_env
@@ -53,19 +53,16 @@ SEED = 10_000  # render seeds 10_000 + map index: none of the training or valida
 WORK_DIR = str(BUNDLE_ROOT / "runs" / "benchmark_weights")
 
 
-def write_scenario(data: Path, scenario: str) -> list[dict]:
-    """Render the test maps in ``scenario`` into ``data`` (once); their datalist entries (both modalities)."""
-    entries = []
-    for index in TEST_MAPS:
-        subject = f"m{index:02d}_{scenario}"
-        if not (data / f"{subject}_mask.nii.gz").is_file():
-            data.mkdir(parents=True, exist_ok=True)
-            labels = read_label_map(map_path(index))
-            rendered = render_subject(labels, fixed_render(scenario), SCENARIOS[scenario]["strip"], SEED + index)
-            save_subject(data, subject, rendered)
-        entries.append({"subject": subject, "t1": str(data / f"{subject}_T1.nii"), "t2": str(data / f"{subject}_T2.nii"),
-                        "label": str(data / f"{subject}_label.nii.gz"), "mask": str(data / f"{subject}_mask.nii.gz")})
-    return entries
+def write_scenario(data: Path, scenario: str, anatomy_dir=ANATOMY_DIR) -> list[dict]:
+    """Render the test maps of ``anatomy_dir`` in ``scenario`` into ``data`` (each once: a subject whose mask is there
+    is kept); their datalist entries (both modalities, absolute paths)."""
+    jobs = [("testing", f"m{index:02d}_{scenario}", index, scenario, SEED + index) for index in TEST_MAPS]
+    entries = [subject_entry(subject) for _, subject, *_ in jobs]
+    missing = [job for job, entry in zip(jobs, entries) if not (data / entry["mask"]).is_file()]
+    if missing:
+        data.mkdir(parents=True, exist_ok=True)
+        write_jobs(missing, data, anatomy_dir=str(anatomy_dir))
+    return [{key: name if key == "subject" else str(data / name) for key, name in entry.items()} for entry in entries]
 
 
 def tissue_dice(pred: np.ndarray, label: np.ndarray) -> list[float]:

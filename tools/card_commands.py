@@ -8,13 +8,14 @@ Every ``bash`` block of ``bundle/docs/README.md`` (the model card) and ``README.
 joined, comments dropped, and each command runs from ``bundle/`` in the order written, so later commands see what
 earlier ones wrote (evaluation reads the training run's split, export reads ``models/model.pt``). What a user would
 replace is replaced: ``/data/...`` paths by phantom subjects (iSEG layout) and NIfTI copies of them (folder
-layout, with brain masks), ``nproc_per_node=N`` by 2. Training commands get ``--iterations 4 --epoch_length 2
---val_interval 1`` so that each finishes in about a minute on 2 cores; nothing else is changed. Set-up lines
-(``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI and the README's main job run
-the former, the docs give the latter's results. The result is one line per command with its exit status and time,
-and the last lines of its output where it failed. Run it in a fresh clone: the commands write where a user's would
-(``runs/``, ``models/``, ``eval/``, ``synthetic/`` of the bundle), and before the second document these are put back
-as committed (the phantom data in ``data/`` is kept), as for a user who reads only that document.
+layout, with brain masks), ``nproc_per_node=N`` by 2. Training commands get ``--iterations 4
+--schedule#epoch_length 2 --schedule#val_interval 1`` so that each finishes in about a minute on 2 cores; nothing
+else is changed. Set-up lines (``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI
+and the README's main job run the former, the docs give the latter's results. The result is one line per command
+with its exit status and time, and the last lines of its output where it failed. Run it in a fresh clone: the
+commands write where a user's would (``runs/``, ``models/``, ``eval/``, ``synthetic/`` of the bundle), and before
+the second document these are put back as committed (the phantom data in ``data/`` is kept), as for a user who
+reads only that document.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import fire
 from tools import BUNDLE_ROOT, REPO_ROOT, subprocess_env
 
 DOCS = ("bundle/docs/README.md", "README.md")
-SHORT_TRAINING = ["--iterations", "4", "--epoch_length", "2", "--val_interval", "1"]
+SHORT_TRAINING = ["--iterations", "4", "--schedule#epoch_length", "2", "--schedule#val_interval", "1"]
 SKIPPED_PREFIXES = ("python3 -m venv", "cd ", "python -m tools.")
 OUTPUTS = ("runs", "eval", "synthetic")  # the bundle's default output folders; models/ is restored from git
 

@@ -15,12 +15,12 @@ import fire
 import numpy as np
 
 from scripts.atomic import atomic_path
-from scripts.data.phantom import _subject_seed, make_subject
+from scripts.data.phantom import make_subject, subject_seed
 from tools import BUNDLE_ROOT
 
 LABEL_COLOURS = ("black", "#3b8bff", "#2ca02c", "#ffd92f")  # background, CSF, GM, WM
-# head tissues after the labels (``scripts.data.phantom.HEAD_TISSUES``): skin/muscle, fat, bone, marrow, eye, spinal
-# cord, spinal CSF
+# head tissues after the labels (``scripts.data.phantom_anatomy.HEAD_TISSUES``): skin/muscle, fat, bone, marrow,
+# eye, spinal cord, spinal CSF
 HEAD_COLOURS = ("#c97b63", "#f2d7a6", "#ffffff", "#d94f70", "#7fd3ff", "#b8a000", "#1f5fbf")
 # (title, preset, voxel size in mm, options) of the columns of ``heads``: adults on the same grid with larger voxels,
 # so that their field of view (and a brain filling 60-70 % of it) has adult size
@@ -48,7 +48,7 @@ def draw(out=str(FIGURES_DIR / "cohort.png"), num_subjects=6, seed=0, shape=(144
     axes = fig.subplots(3, num_subjects, squeeze=False)
     labels = ListedColormap(LABEL_COLOURS)
     for column in range(num_subjects):
-        subject = make_subject(shape, "infant", _subject_seed(seed, column + 1), cohort=True)
+        subject = make_subject(shape, "infant", subject_seed(seed, column + 1), cohort=True)
         middle = subject["label"].shape[2] // 2
         panels = [subject["images"]["t1"], subject["images"]["t2"], subject["label"]]
         for row, (volume, name) in enumerate(zip(panels, ("T1", "T2", "label"))):
@@ -89,7 +89,7 @@ def heads(out=str(FIGURES_DIR / "heads.png"), seed=0, shape=(144, 192, 256), dpi
     grid = fig.add_gridspec(3, columns, height_ratios=(shape[1], shape[2], shape[2]))
     colours = ListedColormap(LABEL_COLOURS + HEAD_COLOURS)
     for column, (title, preset, voxel, options) in enumerate(HEAD_SUBJECTS):
-        subject = make_subject(shape, preset, _subject_seed(seed, column + 1), (voxel,) * 3, head=True, **options)
+        subject = make_subject(shape, preset, subject_seed(seed, column + 1), (voxel,) * 3, head=True, **options)
         image = subject["images"]["t1"]
         tissues = np.where(subject["head"] > 0, subject["head"] + 3, subject["label"])
         cerebrum = np.isin(subject["structures"], (1, 2, 3, 4, 6))  # not the CSF shell, cerebellum or brainstem

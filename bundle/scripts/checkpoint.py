@@ -114,7 +114,7 @@ def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
     max_epochs = trainer.state.max_epochs
     Checkpoint.load_objects({**objects, "trainer": trainer}, checkpoint)
     if trainer.state.epoch > max_epochs:
-        raise InputError(f"{path} is at epoch {trainer.state.epoch}, beyond --epochs {max_epochs}")
+        raise InputError(f"{path} is at epoch {trainer.state.epoch}, beyond --schedule#epochs {max_epochs}")
     trainer.state.max_epochs = max_epochs  # the configured length, not the stopped run's
     return trainer.state.iteration
 

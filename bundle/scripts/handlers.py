@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
 from collections import deque
 
 import torch
@@ -24,14 +26,24 @@ def loss_terms(output) -> dict[str, float]:
 
 
 class LossProgressBar(ProgressBar):
-    """Ignite progress bar showing the iteration's discriminator loss (and generator loss in GAN training)."""
+    """Ignite progress bar showing the iteration's discriminator loss (and generator loss in GAN training).
+
+    Where the bar's stream (tqdm's ``file``, stderr by default) is not a terminal (a log file, CI) a bar would
+    write a fragment per update; there is one line per epoch instead, logged: the epoch, the iteration, the mean of
+    each shown loss over the epoch and the time taken.
+    """
 
     def __init__(self, loss_key: str = "loss", **kwargs):
         kwargs.setdefault("persist", True)
         super().__init__(**kwargs)
         self.loss_key = loss_key
+        self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine, *args, **kwargs) -> None:  # type: ignore[override]
+        stream = self.tqdm_kwargs.get("file") or sys.stderr
+        if not getattr(stream, "isatty", lambda: False)():
+            self._attach_epoch_lines(engine)
+            return
         kwargs.setdefault("output_transform", self._loss)
         super().attach(engine, *args, **kwargs)
 
@@ -41,6 +53,29 @@ class LossProgressBar(ProgressBar):
         if "loss_g_total" in terms:
             shown["loss_g"] = terms["loss_g_total"]
         return shown
+
+    def _attach_epoch_lines(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_losses)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._log_epoch)
+
+    def _start_epoch(self, engine: Engine) -> None:
+        self._sums: dict[str, float] = {}
+        self._count, self._started = 0, time.perf_counter()
+
+    def _add_losses(self, engine: Engine) -> None:
+        for name, value in self._loss(engine.state.output).items():
+            self._sums[name] = self._sums.get(name, 0.0) + value
+        self._count += 1
+
+    def _log_epoch(self, engine: Engine) -> None:
+        state = engine.state
+        means = ", ".join(f"{name} {total / max(self._count, 1):.4f}" for name, total in self._sums.items())
+        iterations = state.max_epochs * state.epoch_length
+        self.logger.info(
+            f"Epoch {state.epoch}/{state.max_epochs}, iteration {state.iteration}/{iterations}: {means} (epoch means), "
+            f"{time.perf_counter() - self._started:.1f} s"
+        )
 
 
 class FinalValidation(ValidationHandler):

@@ -1,4 +1,4 @@
-"""Loss functions of the MRI-GAN bundle (DESIGN.md section 2)."""
+"""Loss functions of the MRI-GAN bundle; their equations: "The losses" in docs/gan_training.md."""
 
 from __future__ import annotations
 
@@ -141,8 +141,8 @@ def class_feature_means(features: torch.Tensor, label: torch.Tensor, num_classes
 
 
 class GeneratorLoss(nn.Module):
-    """Generator loss (DESIGN.md section 2; the paper's eqs. 7-8 as we read them, plus tissue transfer). Each term has
-    a weight (0 skips it):
+    """Generator loss: the paper's eqs. 7-8 as we read them, plus tissue transfer ("The losses" in
+    docs/gan_training.md). Each term has a weight (0 skips it):
 
     - feature matching: mean over channels of ``(E f(x_real) - E f(G))^2`` on a discriminator layer. With
       ``class_wise`` and tissue maps, the expectations are taken per tissue class (real labelled patches under their

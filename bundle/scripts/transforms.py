@@ -308,9 +308,9 @@ class TissueClustersd(MapTransform):
     k-means part).
 
     The brain is the subject's brain mask ``mask_key`` where the data holds it loaded on the image's grid (the
-    optional ``mask`` that inference.yaml loads); otherwise every voxel above the background, right for
-    skull-stripped scans only: on a whole head k-means clusters scalp and skull too. A mask still a file path (not
-    loaded, as in train.yaml's preprocessing) is left out with a warning."""
+    optional ``mask`` that train.yaml's ``data#preprocessing`` and inference.yaml load); otherwise every voxel above
+    the background, right for skull-stripped scans only: on a whole head k-means clusters scalp and skull too. A
+    mask still a file path (not loaded) is left out with a warning."""
 
     def __init__(
         self, keys: KeysCollection, output_key: str = "clusters", background: float = -1.0, mask_key: str = "mask"

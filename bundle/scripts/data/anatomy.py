@@ -10,12 +10,8 @@ one map in one split. Maps ``TEST_MAPS`` never reach training or validation: the
 from __future__ import annotations
 
 import functools
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
@@ -33,8 +29,8 @@ from monai.transforms import (
 from ..atomic import write_json
 from ..checks import InputError
 from .datasets import CSF, GM, IGNORE_LABEL, WM
-from .phantom import _save_nifti, _write_once
 from .rendering import MODALITIES, RandLabelContrastd, RandThickSlicesd
+from .writing import map_in_processes, save_nifti, write_once
 
 ANATOMY_DIR = Path(__file__).resolve().parents[2] / "anatomy"
 TEST_MAPS = (4, 11, 16)  # the real-anatomy test: never trained or tuned on
@@ -149,38 +145,36 @@ def fixed_render(scenario: str, modalities=MODALITIES) -> Compose:
 def render_subject(labels: torch.Tensor, render: Compose, strip: bool, seed: int) -> dict:
     """``render`` the label map ``labels`` with ``seed``; ``strip``: zero outside the brain (after the noise, as a
     skull-stripping tool leaves it). Returns ``image`` (C, ...), ``label`` (merged targets), ``mask`` (brain), all
-    cropped to the head (or the brain) with an 8-voxel margin."""
+    cropped to the head (or the brain) with an 8-voxel margin, and ``affine``: the map's (the random affine is
+    augmentation, not a move) shifted to the crop by ``CropForegroundd``."""
     render.set_random_state(seed=seed)
     d = render({"label": labels})
     codes = np.asarray(d["label"][0])
     mask = brain_mask(codes)
     image = np.asarray(d["image"], dtype=np.float32).clip(min=0.0) * (mask if strip else 1.0)
-    out = {"image": image, "label": merge_labels(codes)[None], "mask": mask[None].astype(np.uint8),
-           "head": (codes > 0)[None]}
-    crop = CropForegroundd(["image", "label", "mask"], source_key="head", margin=8, allow_smaller=True)
-    out = crop(out)
-    affine = np.asarray(getattr(labels, "affine", np.eye(4)), dtype=float).copy()  # the map's: no random rotation
-    start = _crop_start(codes > 0, 8)
-    affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
-    return {"image": np.asarray(out["image"]), "label": np.asarray(out["label"][0]),
-            "mask": np.asarray(out["mask"][0]), "affine": affine}
+    affine = getattr(labels, "affine", torch.eye(4))
+    out = {key: MetaTensor(value, affine=affine) for key, value in
+           (("image", image), ("label", merge_labels(codes)[None]), ("mask", mask[None].astype(np.uint8)))}
+    out["head"] = (codes > 0)[None]
+    out = CropForegroundd(["image", "label", "mask"], source_key="head", margin=8, allow_smaller=True)(out)
+    return {"image": out["image"].numpy(), "label": out["label"][0].numpy(), "mask": out["mask"][0].numpy(),
+            "affine": out["image"].affine.numpy()}
 
 
-def _crop_start(head: np.ndarray, margin: int) -> np.ndarray:
-    """First voxel of ``CropForegroundd``'s box around ``head`` with ``margin`` (for the cropped affine)."""
-    return np.maximum(np.argwhere(head).min(0) - margin, 0)
+def subject_entry(subject: str, modalities=MODALITIES) -> dict:
+    """The datalist entry of a saved subject (file names): ``<subject>_<MODALITY>.nii`` per modality, ``_label`` and
+    ``_mask`` (.nii.gz)."""
+    return {"subject": subject, **{m: f"{subject}_{m.upper()}.nii" for m in modalities},
+            "label": f"{subject}_label.nii.gz", "mask": f"{subject}_mask.nii.gz"}
 
 
 def save_subject(folder: Path, subject: str, rendered: dict, modalities=MODALITIES) -> dict:
-    """Write a rendered subject as ``<subject>_<MODALITY>.nii`` (float32), ``_label`` and ``_mask`` (.nii.gz,
-    uint8); return its datalist entry (paths relative to ``folder``)."""
-    entry = {"subject": subject}
+    """Write a rendered subject into ``folder`` (images float32, label and mask uint8); its ``subject_entry``."""
+    entry = subject_entry(subject, modalities)
     for c, modality in enumerate(modalities):
-        entry[modality] = f"{subject}_{modality.upper()}.nii"
-        _save_nifti(rendered["image"][c], rendered["affine"], folder / entry[modality])
+        save_nifti(rendered["image"][c], rendered["affine"], folder / entry[modality])
     for key in ("label", "mask"):
-        entry[key] = f"{subject}_{key}.nii.gz"
-        _save_nifti(rendered[key].astype(np.uint8), rendered["affine"], folder / entry[key])
+        save_nifti(rendered[key].astype(np.uint8), rendered["affine"], folder / entry[key])
     return entry
 
 
@@ -218,6 +212,12 @@ def write_job(job: tuple, folder, anatomy_dir=ANATOMY_DIR, contrast="plausible",
     return save_subject(Path(folder), subject, render_subject(labels, render, strip, seed))
 
 
+def write_jobs(jobs, folder, **options) -> list[dict]:
+    """``write_job`` (with ``options``) for each of ``jobs`` into ``folder``, one process per CPU core; the datalist
+    entries in order."""
+    return map_in_processes(functools.partial(write_job, folder=str(folder), **options), jobs, "spawn")
+
+
 def write_dataset(
     out_dir,
     renders_per_map: int = 4,
@@ -245,21 +245,18 @@ def write_dataset(
                  "maps": indices, "head_prob": head_prob, "renderer": RENDERER_VERSION}
 
     def write(folder):
-        options = {"anatomy_dir": str(anatomy_dir), "contrast": contrast, "infant_prob": infant_prob,
-                   "strip_prob": strip_prob, "head_prob": head_prob}
-        workers = max(1, min(len(jobs), len(os.sched_getaffinity(0))))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            entries = list(pool.map(functools.partial(write_job, folder=str(folder), **options), jobs))
+        entries = write_jobs(jobs, folder, anatomy_dir=str(anatomy_dir), contrast=contrast, infant_prob=infant_prob,
+                             strip_prob=strip_prob, head_prob=head_prob)
         lists = {"training": [], "validation": [], "testing": []}
         for (split, *_), entry in zip(jobs, entries):
             lists[split].append(entry)
         write_json(Path(folder) / "datalist.json", lists)
         return [e["subject"] for e in entries]
 
-    _write_once(out_dir, "anatomy", arguments, write)
+    write_once(out_dir, "anatomy", arguments, write)
     return str(Path(out_dir) / "datalist.json")
 
 
 __all__ = ["ANATOMY_DIR", "SCENARIOS", "TEST_MAPS", "TISSUE_OF_CODE", "VALIDATION_MAPS", "brain_mask", "fixed_render",
-           "map_path", "merge_labels", "random_render", "read_label_map", "render_jobs", "render_subject", "write_dataset",
-           "write_job"]
+           "map_path", "merge_labels", "random_render", "read_label_map", "render_jobs", "render_subject",
+           "save_subject", "subject_entry", "write_dataset", "write_job", "write_jobs"]

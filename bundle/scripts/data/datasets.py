@@ -1,8 +1,8 @@
 """Turn a dataset folder (iSEG, MRBrainS13/18, a NIfTI folder or a MONAI datalist JSON) into MONAI datalists.
 
 Every entry is a dict ``{"subject": id, <modality>: path, ..., "label": path, "mask": path}`` (``label`` and the
-brain ``mask`` only when the subject has one; masks come from the ``folder`` and ``datalist`` formats); paths are
-absolute strings. Labels keep their dataset codes: map them with
+brain ``mask`` only when the subject has one; masks come from the ``folder``, ``datalist`` and ``anatomy`` formats);
+paths are absolute strings. Labels keep their dataset codes: map them with
 ``monai.transforms.MapLabelValued(keys="label", *label_mapping(format))`` to 0 bg, 1 CSF, 2 GM, 3 WM and
 ``IGNORE_LABEL`` (voxels excluded from loss and metrics).
 """

@@ -4,7 +4,7 @@
 contrast) or kept physically plausible per modality (``plausible``: CSF, GM and WM in the order of an adult or an
 infant T1 and T2, every structure between them by its tissue mix, the head's tissues anywhere). ``RandThickSlicesd``
 simulates thick slices. Spatial augmentation, bias field, blur and noise are MONAI's own transforms
-(``scripts.data.anatomy.render_transforms`` chains them).
+(``scripts.data.anatomy.random_render`` and ``fixed_render`` chain them).
 """
 
 from __future__ import annotations

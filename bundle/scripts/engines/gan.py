@@ -1,4 +1,4 @@
-"""Ignite trainer of the semi-supervised GAN whose discriminator is the segmenter (DESIGN.md section 2)."""
+"""Ignite trainer of the semi-supervised GAN whose discriminator is the segmenter (docs/gan_training.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -58,37 +59,38 @@ def random_warp(label: torch.Tensor, sigma: float, control_points: int = 4) -> t
     return warped.to(label.dtype)
 
 
+class Fakes(NamedTuple):
+    """What the generator produced in one iteration."""
+
+    image: torch.Tensor  # one fake per labelled patch
+    target: torch.Tensor  # the tissue maps the fakes carry (Standard-GAN: the labels of the batch)
+    boundary_logits: torch.Tensor | None  # MRI-GAN's boundary network on ``target``
+    reconstruction: torch.Tensor | None  # G(x, y_x) of the labelled patches ``original``
+    original: torch.Tensor | None
+    stats: tuple | None  # the sources' class-wise statistics the fakes were rendered with (``source_statistics``)
+
+
 class SemiSupervisedGanTrainer(Trainer):
-    """One discriminator (segmenter) step, then one generator step, per iteration.
+    """Semi-supervised GAN training whose discriminator D is the segmenter (docs/gan_training.md).
 
-    Each iteration draws a labelled batch from ``train_data_loader`` and an unlabelled batch from
-    ``unlabeled_data_loader`` (cycled independently). The MRI-GAN generator (``generator.conditional``) renders the
-    tissue maps of the labelled patches, each flipped left-right at random (``flip_maps``), in the appearance of the
-    unlabelled patches; the Standard-GAN generator maps noise to patches. The generated patches serve the
-    discriminator in two ways, each with its own weight in ``d_loss_function``:
+    Training loop, per iteration:
+        1. Draw a labelled batch from ``train_data_loader`` and an unlabelled batch from ``unlabeled_data_loader``
+           (cycled independently).
+        2. After ``generator_start`` iterations, generate one fake per labelled patch (``_generator_forward``): the
+           MRI-GAN generator renders the labelled tissue maps, flipped and warped at random, in the appearance of
+           the unlabelled patches; the Standard-GAN generator maps noise to patches.
+        3. Update D (``_discriminator_step``): its labelled loss plus, weighted by ``gan_ramp``, the unlabelled term
+           on the unlabelled patches and the fake-class and synthetic (tissue transfer) terms on generated patches.
+           Batch norm's running statistics keep the real patches' pass only.
+        4. Every ``generator_interval`` iterations, update G against D frozen in evaluation mode
+           (``_generator_step``); in the others the fakes of step 2 are generated without gradients.
+        5. A non-finite loss skips its step's update (D's running statistics included) in every process together,
+           counted in ``engine.state.nonfinite_steps``; ``max_nonfinite`` consecutive iterations with a skipped
+           update stop training with an error.
 
-    - **tissue transfer** (``synthetic`` term): the labelled loss of D on the generated patch against the map it
-      carries, i.e. synthetic labelled examples in the unlabelled subjects' appearance (Zhao et al. 2019, SynthSeg);
-    - **the K+1 fake class** (``fake`` term, paper eq. 5), with the unlabelled term (eq. 4) on real patches.
-
-    Batch norm sees real patches only: D's running statistics come from one pass over the labelled and unlabelled
-    patches; the generated patches go through a second pass whose running-statistics update is undone. For the
-    first ``warmup_iterations`` D learns from labelled patches only; the generator starts after ``generator_start``
-    iterations (train.yaml: at the end of the warm-up, when D's segmentation is worth carrying); then the
-    unlabelled, fake and synthetic terms ramp in linearly over ``rampup_iterations``. On an untrained D the
-    unlabelled term ``-log(Z/(Z+1))`` raises the logits of whatever class D already predicts, so grey matter never
-    emerges (measurements in docs/gan_training.md). In the generator step D is frozen in evaluation mode (running
-    statistics, no weight gradients); one no-grad pass gives the real features and D's tissue probabilities on the
-    source patches, and only the fakes need a backward pass.
-
-    Without a generator (and without unlabelled data) this is plain supervised training of the segmenter with the
-    same data and schedule.
-
-    A non-finite loss skips that step's update (D's batch-norm statistics included), in all processes of a
-    distributed run together, and is counted in ``engine.state.nonfinite_steps``, with the non-finite terms in the
-    log; ``max_nonfinite`` consecutive ones stop training with an error. ``engine.state.output`` is a one-item
-    list, the form MONAI's handlers read with ``from_engine(keys, first=True)`` (e.g. ``--tracking mlflow``); its
-    dict holds the batch's images, labels, fakes, the labelled logits (``pred``), ``loss`` (the discriminator total)
+    Without a generator and unlabelled data this is supervised training of the segmenter. ``engine.state.output``
+    is a one-item list (read by MONAI's ``from_engine(keys, first=True)``) of a dict holding the batch's images and
+    labels, the fakes and their maps (``fake``, ``fake_label``), the labelled logits (``pred``), ``loss`` (D's total)
     and every loss term as ``loss_d_*``/``loss_g_*``.
 
     Args:
@@ -326,8 +328,6 @@ class SemiSupervisedGanTrainer(Trainer):
         with their tissues exchanged (CSF drawn where WM is, ...): off the data manifold, where a K+1 discriminator
         learns from fakes (Dai et al. 2017), not on it, where rejecting them fights the labelled loss. ``stats``: the
         fakes' source statistics, which the permuted maps reuse."""
-        if fake is None:
-            return None
         if self.fake_maps != "permuted" or not unwrap(self.generator).conditional:
             return fake.detach()
         tissues = torch.stack([torch.randperm(self.num_classes - 1, device=target.device) + 1 for _ in target])
@@ -369,6 +369,15 @@ class SemiSupervisedGanTrainer(Trainer):
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return not flag.item()
 
+    def _count_nonfinite(self, engine: SemiSupervisedGanTrainer, ok: bool) -> None:
+        """Count consecutive iterations with a skipped update; ``max_nonfinite`` of them stop training."""
+        self._consecutive_nonfinite = 0 if ok else self._consecutive_nonfinite + 1
+        if self._consecutive_nonfinite >= self.max_nonfinite:
+            raise RuntimeError(
+                f"training diverged: {self._consecutive_nonfinite} consecutive iterations with a non-finite loss "
+                f"(iteration {engine.state.iteration}); lower the learning rates or turn AMP off"
+            )
+
     def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -383,119 +392,141 @@ class SemiSupervisedGanTrainer(Trainer):
             unlabeled, clusters = self._next_unlabeled(engine) if has_unlabeled else (None, None)
         output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
-        fake = boundary_logits = target = reconstruction = reconstruct = stats = None
-        generating = self.generator is not None and engine.state.iteration > self.generator_start
-        updating_g = generating and engine.state.iteration % self.generator_interval == 0
-        if generating:
-            self.generator.train()
-            conditional = unwrap(self.generator).conditional
-            target = self._target_maps(label) if conditional else label
-            reconstruct = self._reconstruction_patches(image, label) if conditional and updating_g else None
-            if conditional and unwrap(self.generator).source_statistics:
-                stats = self._source_statistics(unlabeled, target.shape[0], clusters)
-            grad = nullcontext() if updating_g else torch.no_grad()
-            with grad, self._autocast(), record_function("generator forward"):
-                fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct, stats)
-            output["fake"], output["fake_label"] = fake.detach(), target
-        ramp = self.gan_ramp(engine.state.iteration)
-        weights = self.d_loss_function.weights
-        unlabeled_d = unlabeled if ramp > 0 and weights.get("unlabelled") else None
-        synthetic_d = fake.detach() if fake is not None and ramp > 0 and weights.get("synthetic") else None
-        fake_d = self._fake_class_patches(fake, target, unlabeled, stats) if ramp > 0 and weights.get("fake") else None
-        generated = [t for t in (synthetic_d, fake_d) if t is not None]
-        if len(generated) == 2 and self.fake_maps == "same":
-            generated = generated[:1]  # the same patches serve both terms: one pass
+        iteration = engine.state.iteration
+        updating_g = iteration % self.generator_interval == 0
+        fakes = None
+        if self.generator is not None and iteration > self.generator_start:
+            fakes = self._generator_forward(image, label, unlabeled, clusters, updating_g)
+            output["fake"], output["fake_label"] = fakes.image.detach(), fakes.target
 
-        # discriminator step. Running statistics: real patches only (the generated pass's update is undone);
-        # all of them are restored when the step is skipped
-        buffers = [(b, b.clone()) for b in unwrap(self.network).buffers()]
-        self.d_optimizer.zero_grad(set_to_none=True)
-        with self._autocast(), record_function("discriminator forward"):
-            real = image if unlabeled_d is None else torch.cat([image, unlabeled_d])
-            logits = self.network(real)
-            generated_logits = real_stats = None
-            if generated:
-                real_stats = [b.clone() for b, _ in buffers]
-                generated_logits = unwrap(self.network)(torch.cat(generated))  # one DDP forward per backward
-                generated_logits = torch.split(generated_logits, [t.shape[0] for t in generated])
-            split = torch.split(logits, [image.shape[0], real.shape[0] - image.shape[0]])  # MetaTensor-safe
-            d_terms = self.d_loss_function(
-                split[0], label, unlabelled_logits=split[1] if unlabeled_d is not None else None,
-                fake_logits=generated_logits[-1] if fake_d is not None else None,
-                synthetic_logits=generated_logits[0] if synthetic_d is not None else None,
-                synthetic_label=target, scale=ramp,
-            )  # fmt: skip
-        output[Keys.PRED] = split[0].detach()
-        d_ok = self._finite(engine, d_terms, "discriminator")
-        if d_ok:
-            with record_function("discriminator backward and update"):
-                self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
-        for (buffer, before), real_only in zip(buffers, real_stats or [None] * len(buffers)):
-            if not d_ok or real_only is not None:  # after the backward pass, which needs the buffers unchanged
-                buffer.copy_(before if not d_ok else real_only)
-        output[Keys.LOSS] = d_terms["total"].detach()
-        output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
-
+        d_ok = self._discriminator_step(engine, output, image, label, unlabeled, fakes)
         g_ok = True
-        if updating_g:
+        if fakes is not None and updating_g:
             with record_function("generator step"):
-                g_ok = self._generator_step(
-                    engine, output, image, label, target, unlabeled, fake, boundary_logits,
-                    reconstruction, None if reconstruct is None else reconstruct[0], stats,
-                )
+                g_ok = self._generator_step(engine, output, image, label, unlabeled, fakes)
 
         self._count_nonfinite(engine, d_ok and g_ok)
         engine.state.output = [output]
         return [output]
 
-    def _count_nonfinite(self, engine: SemiSupervisedGanTrainer, ok: bool) -> None:
-        """Count consecutive iterations with a skipped update; ``max_nonfinite`` of them stop training."""
-        self._consecutive_nonfinite = 0 if ok else self._consecutive_nonfinite + 1
-        if self._consecutive_nonfinite >= self.max_nonfinite:
-            raise RuntimeError(
-                f"training diverged: {self._consecutive_nonfinite} consecutive iterations with a non-finite loss "
-                f"(iteration {engine.state.iteration}); lower the learning rates or turn AMP off"
+    def _generator_forward(self, image, label, unlabeled, clusters, updating_g: bool) -> Fakes:
+        """This iteration's ``Fakes``, with gradients only in iterations that update G (``updating_g``), whose pass
+        also reconstructs labelled patches for G's reconstruction term (``_reconstruction_patches``)."""
+        self.generator.train()
+        g = unwrap(self.generator)
+        target = self._target_maps(label) if g.conditional else label
+        reconstruct = self._reconstruction_patches(image, label) if g.conditional and updating_g else None
+        stats = None
+        if g.conditional and g.source_statistics:
+            stats = self._source_statistics(unlabeled, target.shape[0], clusters)
+        grad = nullcontext() if updating_g else torch.no_grad()
+        with grad, self._autocast(), record_function("generator forward"):
+            fake, boundary_logits, reconstruction = self._generate(target, unlabeled, reconstruct, stats)
+        original = None if reconstruct is None else reconstruct[0]
+        return Fakes(fake, target, boundary_logits, reconstruction, original, stats)
+
+    def _discriminator_patches(self, ramp: float, unlabeled, fakes: Fakes | None):
+        """``(unlabelled, synthetic, fake_class)``: the patches of D's GAN terms, ``None`` for a term that is off
+        (weight 0, not ramped in yet, or no fakes)."""
+        weights = self.d_loss_function.weights
+        unlabelled = unlabeled if ramp > 0 and weights.get("unlabelled") else None
+        if fakes is None or ramp <= 0:
+            return unlabelled, None, None
+        synthetic = fakes.image.detach() if weights.get("synthetic") else None
+        fake_class = None
+        if weights.get("fake"):
+            fake_class = self._fake_class_patches(fakes.image, fakes.target, unlabeled, fakes.stats)
+        return unlabelled, synthetic, fake_class
+
+    def _discriminator_step(self, engine, output, image, label, unlabeled, fakes: Fakes | None) -> bool:
+        """Update D (``_discriminator_loss``) unless its loss is non-finite somewhere; batch norm's running
+        statistics end as the real patches' pass set them, or as they were when the update is skipped. Adds
+        ``pred``, ``loss`` and the ``loss_d_*`` terms to ``output``; returns whether the update was taken."""
+        ramp = self.gan_ramp(engine.state.iteration)
+        unlabelled, synthetic, fake_class = self._discriminator_patches(ramp, unlabeled, fakes)
+        buffers = list(unwrap(self.network).buffers())
+        before = [b.clone() for b in buffers]
+        target = None if fakes is None else fakes.target
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with self._autocast(), record_function("discriminator forward"):
+            labelled_logits, d_terms, real_stats = self._discriminator_loss(
+                image, label, unlabelled, synthetic, fake_class, target, ramp
             )
+        output[Keys.PRED] = labelled_logits.detach()
+        ok = self._finite(engine, d_terms, "discriminator")
+        if ok:
+            with record_function("discriminator backward and update"):
+                self._step(d_terms["total"], self.d_optimizer, self.d_scaler)
+        # after the backward pass, which needs the buffers unchanged
+        kept = real_stats if ok else before
+        for buffer, value in zip(buffers, kept or []):
+            buffer.copy_(value)
+        output[Keys.LOSS] = d_terms["total"].detach()
+        output.update({f"loss_d_{k}": v.detach() for k, v in d_terms.items()})
+        return ok
 
-    def _generator_step(
-        self, engine, output, image, label, target, unlabeled, fake, boundary_logits, reconstruction, original,
-        stats=None,
-    ) -> bool:
-        """Update G against the frozen D.
+    def _discriminator_loss(self, image, label, unlabelled, synthetic, fake_class, target, ramp: float):
+        """``(labelled logits, D's loss terms, running statistics after the real pass)``. One pass over the labelled
+        and unlabelled patches, then one over the generated ones (the fakes once when they serve both the synthetic
+        and the fake-class term), whose running statistics the caller undoes (``None``: no generated pass)."""
+        real = image if unlabelled is None else torch.cat([image, unlabelled])
+        logits = self.network(real)
+        sizes = [image.shape[0], real.shape[0] - image.shape[0]]
+        labelled_logits, unlabelled_logits = torch.split(logits, sizes)  # MetaTensor-safe
+        generated = [t for t in (synthetic, fake_class) if t is not None]
+        if len(generated) == 2 and self.fake_maps == "same":
+            generated = generated[:1]
+        generated_logits = real_stats = None
+        if generated:
+            real_stats = [b.clone() for b in unwrap(self.network).buffers()]
+            generated_logits = unwrap(self.network)(torch.cat(generated))  # one DDP forward per backward
+            generated_logits = torch.split(generated_logits, [t.shape[0] for t in generated])
+        d_terms = self.d_loss_function(
+            labelled_logits, label, unlabelled_logits=unlabelled_logits if unlabelled is not None else None,
+            fake_logits=generated_logits[-1] if fake_class is not None else None,
+            synthetic_logits=generated_logits[0] if synthetic is not None else None,
+            synthetic_label=target, scale=ramp,
+        )  # fmt: skip
+        return labelled_logits, d_terms, real_stats
 
-        The MRI-GAN generator's terms (scripts.losses.GeneratorLoss): class-wise feature matching of the fakes
-        (masks: their maps) against the labelled patches (masks: their labels), D's labelled loss on the fakes
-        against their maps, the source patches' class-wise intensity statistics (classes: D's probabilities),
-        boundary and reconstruction (``stats``: the statistics a ``source_statistics`` generator rendered the fakes
-        with, the appearance target). The Standard-GAN generator matches all real patches' mean features.
+    def _generator_step(self, engine, output, image, label, unlabeled, fakes: Fakes) -> bool:
+        """Update G against the frozen D unless its loss is non-finite somewhere (``scripts.losses.GeneratorLoss``;
+        docs/gan_training.md). Adds the ``loss_g_*`` terms to ``output``; returns whether the update was taken.
+
+        The MRI-GAN generator's fakes are matched class-wise to the labelled patches; the appearance target is the
+        statistics the fakes were rendered with (``source_statistics`` generators) or else their sources' class-wise
+        statistics under D's probabilities. The Standard-GAN generator matches all real patches' mean features.
         """
         conditional = unwrap(self.generator).conditional
-        n = image.shape[0]
         # the sources' probabilities give the appearance target, unless the rendered statistics are that target
-        sources = self._sources(unlabeled, n) if conditional and stats is None else None
+        sources = self._sources(unlabeled, image.shape[0]) if conditional and fakes.stats is None else None
         real = image if conditional or unlabeled is None else torch.cat([image, unlabeled])
-        loss = self.g_loss_function
         self.g_optimizer.zero_grad(set_to_none=True)
         # the frozen D gets no gradients, so it runs outside its DDP wrapper, which only exposes ``forward``;
         # G's gradients flow through it into G's own wrapper, which averages them across processes
-        discriminator = unwrap(self.network)
         with frozen(self.network), self._autocast():
-            with torch.no_grad():
-                seen = real if sources is None else torch.cat([real, sources])
-                seen_logits, seen_features = discriminator.forward_features(seen)
-                sizes = [real.shape[0], seen.shape[0] - real.shape[0]]
-                real_features = torch.split(seen_features[self.feature_layer], sizes)[0]
-                source_probs = None if sources is None else torch.softmax(torch.split(seen_logits, sizes)[1].float(), 1)
-            fake_logits, fake_features = discriminator.forward_features(fake)
-            g_terms = loss(
+            real_features, source_probs = self._real_features(real, sources)
+            fake_logits, fake_features = unwrap(self.network).forward_features(fakes.image)
+            g_terms = self.g_loss_function(
                 real_features, fake_features[self.feature_layer], fake_logits,
-                label=label if conditional else None, fake_label=target if conditional else None,
-                boundary_logits=boundary_logits, reconstruction=reconstruction,
-                reconstruction_target=original,
-                fake=fake, source=sources, source_probs=source_probs, source_stats=stats,
+                label=label if conditional else None, fake_label=fakes.target if conditional else None,
+                boundary_logits=fakes.boundary_logits, reconstruction=fakes.reconstruction,
+                reconstruction_target=fakes.original,
+                fake=fakes.image, source=sources, source_probs=source_probs, source_stats=fakes.stats,
             )  # fmt: skip
         ok = self._finite(engine, g_terms, "generator")
         if ok:
             self._step(g_terms["total"], self.g_optimizer, self.g_scaler)
         output.update({f"loss_g_{k}": v.detach() for k, v in g_terms.items()})
         return ok
+
+    @torch.no_grad()
+    def _real_features(self, real: torch.Tensor, sources: torch.Tensor | None):
+        """D's ``feature_layer`` features of the real patches and its tissue probabilities on the ``sources``
+        (``None`` without), in one pass without gradients: in the generator step only the fakes need a backward."""
+        seen = real if sources is None else torch.cat([real, sources])
+        seen_logits, seen_features = unwrap(self.network).forward_features(seen)
+        sizes = [real.shape[0], seen.shape[0] - real.shape[0]]
+        real_features = torch.split(seen_features[self.feature_layer], sizes)[0]
+        source_probs = None if sources is None else torch.softmax(torch.split(seen_logits, sizes)[1].float(), 1)
+        return real_features, source_probs

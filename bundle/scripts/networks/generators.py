@@ -1,4 +1,4 @@
-"""Generators of the bundle: the MRI-GAN generator and the Standard-GAN baseline (DESIGN.md section 2)."""
+"""Generators of the bundle: the MRI-GAN generator and the Standard-GAN baseline (docs/gan_training.md)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from torch import nn
 
 
 class Segmenter(nn.Module):
-    """3D U-Net that outputs K tissue logits per voxel (Mondal et al. 2018; DESIGN.md section 2).
+    """3D U-Net that outputs K tissue logits per voxel (Mondal et al. 2018; docs/gan_training.md).
 
     Weights and activations use the ``channels_last_3d`` memory layout: 1.5-2x faster 3D convolutions on
     CPUs (oneDNN) and no slower on GPUs. The GAN's "fake" class has a fixed logit of 0, so the network needs no extra output channel.
