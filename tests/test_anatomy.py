@@ -12,7 +12,9 @@ from monai.data import MetaTensor
 import scripts.data.anatomy as anatomy
 from scripts.checks import InputError
 from scripts.data.datasets import IGNORE_LABEL, build_datalist
-from scripts.data.rendering import RandLabelContrastd, tissue_means, thick_slices
+from scripts.data.rendering import RandLabelContrastd, thick_slices, tissue_means, unique_codes
+
+from label_maps import write_label_maps
 
 CODES = [0, 2, 3, 4, 16, 24, 41, 507, 8, 10, 25, 60]
 MERGED = [0, 3, 2, 1, IGNORE_LABEL, 1, 3, 0, 2, 2, 3, IGNORE_LABEL]  # by hand from the docstring's choices
@@ -104,6 +106,18 @@ def test_random_contrast_breaks_the_order_sometimes():
     assert 0 < sum(ordered) < 30  # about 1 in 6 draws keeps CSF < GM < WM
 
 
+@pytest.mark.parametrize("labels", [
+    np.random.default_rng(0).integers(0, 600, (5, 6, 7)).astype(np.float32),  # FreeSurfer codes: a lookup table
+    np.random.default_rng(1).integers(0, 3, (4, 4)).astype(np.uint16),
+    np.array([[0.5, 1.5, 0.5]]), np.array([[-2.0, 3.0, -2.0]]),  # not small integers: np.unique itself
+])  # fmt: skip
+def test_unique_codes_are_numpys(labels):
+    codes, index = np.unique(labels, return_inverse=True)
+    fast_codes, fast_index = unique_codes(labels)
+    assert fast_codes.dtype == codes.dtype and np.array_equal(fast_codes, codes)
+    np.testing.assert_array_equal(fast_index, index.reshape(-1))
+
+
 def test_thick_slices_average_slabs_along_one_axis():
     image = torch.zeros(1, 4, 4, 40)
     image[..., ::2] = 1.0  # alternating slices
@@ -185,3 +199,93 @@ def test_head_tissues_plausible_or_anywhere():
     anywhere.set_random_state(1)
     scalp = [float(np.asarray(anywhere({"label": labels})["image"]).ravel()[0]) for _ in range(40)]
     assert min(scalp) < 0.6  # uniform: often outside the scalp's plausible (0.6, 1.0)
+
+
+def _tissue_median(entry, modality, tissue):
+    """Median intensity of ``tissue`` (merged label) in a saved subject's ``modality``, away from its borders (voxels
+    whose 6 neighbours share the label): the tissue's own contrast, not partial volume."""
+    image = np.asarray(nib.load(entry[modality]).dataobj)
+    label = np.asarray(nib.load(entry["label"]).dataobj)
+    inside = label == tissue
+    for axis in range(3):
+        for shift in (1, -1):
+            inside &= np.roll(label, shift, axis) == tissue
+    return float(np.median(image[inside]))
+
+
+def test_cohort_renders_one_subject_per_training_map_each_with_its_own_contrast(tmp_path):
+    """``cohort=True`` (train.yaml's default data): one T1+T2 subject per training map, never a test or the
+    validation map, each with its own contrast age (an infant whose T1 WM is darker than its GM, an adult whose WM is
+    brighter), labels and brain masks on disk for all; the split gives num_labeled labelled subjects and the rest
+    unlabelled, validation and testing the held-out maps' fixed renders."""
+    train_maps = (2, 3, 5)
+    maps = write_label_maps(tmp_path / "maps", (1, *train_maps, *anatomy.TEST_MAPS), size=40, scale=2.0)
+    options = {"cohort": True, "renders_per_map": 1, "infant_prob": 0.8, "validation": ("adult",),
+               "testing": ("infant_newborn",), "anatomy_dir": str(maps)}
+    out = tmp_path / "data"
+    lists = json.loads(open(anatomy.write_dataset(out, **options)).read())
+    ages = anatomy.cohort_ages(len(train_maps), 0.8, seed=0)
+    subjects = [anatomy.cohort_subject(i, 0, age) for i, age in zip(train_maps, ages)]
+    assert [e["subject"] for e in lists["training"]] == subjects
+    assert [e["subject"] for e in lists["validation"]] == ["m01_adult"]
+    assert [e["subject"] for e in lists["testing"]] == [f"m{i:02d}_infant_newborn" for i in anatomy.TEST_MAPS]
+    for entry in lists["training"]:
+        assert all((out / entry[key]).is_file() for key in ("t1", "t2", "label", "mask"))
+    # contrasts: T1 WM darker than GM (the youngest infant), brighter (the adult); T2 the other way round
+    assert min(a for a in ages if a is not None) < 0.4 and None in ages
+    paths = [{k: str(out / v) for k, v in e.items() if k != "subject"} for e in lists["training"]]
+    entries = dict(zip(ages, paths))
+    young, adult = entries[min(a for a in ages if a is not None)], entries[None]
+    assert _tissue_median(young, "t1", 3) < _tissue_median(young, "t1", 2)
+    assert _tissue_median(adult, "t1", 3) > _tissue_median(adult, "t1", 2)
+    assert _tissue_median(young, "t2", 3) > _tissue_median(young, "t2", 2)
+    assert _tissue_median(adult, "t2", 3) < _tissue_median(adult, "t2", 2)
+
+    split = build_datalist(out, "anatomy", ["t1", "t2"], num_labeled=2, num_val=2, num_test=0, anatomy=options)
+    assert [e["subject"] for e in split["training"]] == subjects[:2] and all("label" in e for e in split["training"])
+    assert [e["subject"] for e in split["unlabeled"]] == subjects[2:]
+    assert all("label" not in e and "mask" in e for e in split["unlabeled"])
+    assert [e["subject"] for e in split["validation"]] == ["m01_adult"]
+    held_out = {f"m{i:02d}" for i in anatomy.TEST_MAPS}
+    assert {e["subject"][:3] for e in split["testing"]} == held_out
+    assert not held_out & {e["subject"][:3] for name in ("training", "unlabeled", "validation") for e in split[name]}
+    one = build_datalist(out, "anatomy", ["t1"], num_labeled=1, num_val=0, num_test=1, anatomy=options)
+    assert [len(one[k]) for k in ("training", "unlabeled", "testing")] == [1, 1, 4]  # the last one held out too
+    everything = build_datalist(out, "anatomy", ["t1"], num_labeled=-1, num_val=0, num_test=0, anatomy=options)
+    assert len(everything["training"]) == 3 and everything["unlabeled"] == []
+
+
+def test_cohort_ages_span_newborn_to_adult():
+    for count in (3, 12, 40):
+        ages = anatomy.cohort_ages(count, 0.8, seed=1)
+        infants = sorted(a for a in ages if a is not None)
+        assert len(ages) == count and 0 < infants[0] < 0.4 and infants[-1] > 0.6 and max(infants) < 1
+        assert ages.count(None) == count - len(infants) >= 1
+        assert abs(len(infants) / count - 0.8) <= 1 / count  # the fraction of infants
+    assert anatomy.cohort_ages(12, 0.8, seed=1) != anatomy.cohort_ages(12, 0.8, seed=2)  # the order only
+    assert sorted(map(str, anatomy.cohort_ages(12, 0.8, 1))) == sorted(map(str, anatomy.cohort_ages(12, 0.8, 2)))
+
+
+def test_train_config_defaults_to_the_anatomy_cohort(bundle_root, tmp_path):
+    """The README's main job trains on the cohort (dataset_format anatomy, data#anatomy#cohort) with 2 labelled
+    subjects, the other 10 training maps' subjects unlabelled and the test maps' renders for testing; the procedural
+    phantom is one override away, in its own folder."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    assert parser.get_parsed_content("dataset_format") == "anatomy"
+    assert parser.get_parsed_content("data#anatomy")["cohort"] is True and parser.get_parsed_content("num_test") == 0
+    assert parser.get_parsed_content("dataset_dir").endswith("/data/anatomy_cohort")
+    maps = write_label_maps(tmp_path / "maps", range(1, 17), size=20)
+    parser.update({"bundle_root": str(bundle_root), "dataset_dir": str(tmp_path / "cohort"),
+                   "data#anatomy#anatomy_dir": str(maps), "data#split_file": str(tmp_path / "split.json")})
+    split = parser.get_parsed_content("data#datalist")
+    assert [len(split[k]) for k in ("training", "validation", "testing", "unlabeled")] == [2, 2, 9, 10]
+    assert all("label" not in e and "mask" in e for e in split["unlabeled"])
+    assert {e["subject"][:3] for e in split["testing"]} == {f"m{i:02d}" for i in anatomy.TEST_MAPS}
+    phantom = ConfigParser()
+    phantom.read_config(str(bundle_root / "configs" / "train.yaml"))
+    phantom["dataset_format"] = "phantom"
+    assert phantom.get_parsed_content("dataset_dir").endswith("/data/phantom")
+    assert phantom.get_parsed_content("num_test") == 4

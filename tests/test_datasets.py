@@ -305,13 +305,16 @@ def test_num_test_minus_one_tests_all_the_rest_and_lower_values_fail():
 
 
 def test_train_config_holds_out_four_phantoms_for_testing_and_all_the_rest_of_a_dataset(bundle_root):
-    """The main job's split (2 labelled, 2 validation, 4 test of the phantom cohort) is the comparison's; a real
-    dataset's leftover labelled subjects all go to testing."""
+    """With --dataset_format phantom the split (2 labelled, 2 validation, 4 test of the phantom cohort) is the
+    comparison's; the default data, the anatomy cohort, keep their own test renders and use the rest unlabelled
+    (num_test 0); a real dataset's leftover labelled subjects all go to testing."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "train.yaml"))
-    assert parser.get_parsed_content("num_test") == 4 and parser.get_parsed_content("num_labeled") == 2
+    assert parser.get_parsed_content("num_test") == 0 and parser.get_parsed_content("num_labeled") == 2
+    parser["dataset_format"] = "phantom"
+    assert parser.get_parsed_content("num_test") == 4
     from tools.benchmark_comparison import COMMON, PHANTOM, PROFILES  # the main profile measures this very run
 
     assert parser.get_parsed_content("data#phantom") == PHANTOM
@@ -370,8 +373,18 @@ def test_split_file_round_trip(tmp_path, num_val):
         kept = ds.build_datalist(split_file, "datalist", ["t1"], 1, 0)
         assert kept["validation"] == split["validation"]  # other keys (here t2) are kept as they are
         assert _subjects(kept["training"]) == _subjects(split["training"])[:1]
+        assert kept["testing"] == split["testing"] and kept["unlabeled"] == split["unlabeled"]  # the rest left out
         with pytest.raises(ValueError, match="need 4 training"):
             ds.build_datalist(split_file, "datalist", ["t1"], 4, 0)
+        # with num_test a number (the few-shot setting), the rest are held out for testing from the end, or unlabelled
+        few = ds.build_datalist(split_file, "datalist", ["t1", "t2"], 1, 0, num_test=1)
+        assert few["validation"] == split["validation"] and few["training"] == split["training"][:1]
+        assert few["testing"] == split["testing"] + split["training"][2:]
+        unused = [{k: v for k, v in e.items() if k != "label"} for e in split["training"][1:2]]
+        assert few["unlabeled"] == sorted(split["unlabeled"] + unused, key=ds._subject_key)
+        assert all("label" not in e for e in few["unlabeled"])
+        with pytest.raises(ValueError, match="need 2 training \\+ 2 testing"):
+            ds.build_datalist(split_file, "datalist", ["t1"], 2, 0, num_test=2)
 
 
 def test_datalist_without_validation_is_split(tmp_path):

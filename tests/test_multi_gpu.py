@@ -11,6 +11,7 @@ import torch
 pytestmark = pytest.mark.slow
 
 TINY = [
+    "--dataset_format", "phantom",
     "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "4", "--data#phantom#num_unlabeled", "1",
     "--num_labeled", "2", "--num_val", "2", "--num_test", "-1", "--patch_size", "[16,16,16]",
     "--patches#samples_per_volume", "2", "--batch_size", "1", "--runtime#num_workers", "0",

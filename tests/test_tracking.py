@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow
 
 EPOCHS, EPOCH_LENGTH, WARMUP = 2, 3, 1
 TINY = [
+    "--dataset_format", "phantom",
     "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "3", "--data#phantom#num_unlabeled", "1",
     "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]",
     "--patches#samples_per_volume", "2", "--runtime#num_workers", "0", "--segmenter#features", "[4,8,16,32]",

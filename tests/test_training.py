@@ -16,6 +16,7 @@ from scripts.networks import MRIGANGenerator, Segmenter, StandardGANGenerator
 pytestmark = pytest.mark.slow
 
 TINY = [
+    "--dataset_format", "phantom",  # the tiny procedural phantoms (the default data, the anatomy cohort, is large)
     "--data#phantom#shape", "[48,56,64]", "--data#phantom#num_labeled", "3", "--data#phantom#num_unlabeled", "1",
     "--num_labeled", "1", "--num_val", "1", "--num_test", "-1", "--patch_size", "[16,16,16]",
     "--patches#samples_per_volume", "2", "--runtime#num_workers", "0",

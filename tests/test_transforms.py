@@ -142,7 +142,8 @@ def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, t
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "train.yaml"))
     entry, scalp = _whole_head(tmp_path)
-    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "train#dataset#data": [entry]})
+    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "dataset_format": "phantom",
+                   "train#dataset#data": [entry]})
     clusters = parser.get_parsed_content("train#unlabeled#clusters")
     clustering = Compose(parser.get_parsed_content("data#preprocessing") + clusters)
     unlabeled = {k: v for k, v in entry.items() if k != "label"}
@@ -194,3 +195,37 @@ def test_tissue_shift_stops_at_the_floor():
     torch.testing.assert_close(out, expected)
     assert (expected[tissue.expand_as(expected)] == -0.5).any()  # the seed pushes some tissue below the floor
     assert torch.equal(out[:, [0, 6, 7]], image[:, [0, 6, 7]])
+
+
+def test_training_clusters_each_unlabelled_subject_once_across_epochs(bundle_root, tmp_path, monkeypatch):
+    """k-means (TissueClustersd) runs once per unlabelled subject, when train.yaml's CacheDataset caches it, not
+    each time a subject's patches are drawn: two epochs of three batches over two subjects call it twice in all, and
+    every batch still carries the clusters of its patches."""
+    import scripts.transforms as transforms
+
+    calls, clusters = [], transforms.tissue_clusters
+
+    def counted(image, *args, **kwargs):
+        calls.append(1)
+        return clusters(image, *args, **kwargs)
+
+    monkeypatch.setattr(transforms, "tissue_clusters", counted)
+    subjects = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        entry, _ = _whole_head(tmp_path / name)
+        subjects.append(entry)
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser.update({
+        "bundle_root": str(bundle_root), "device": "cpu", "dataset_format": "iseg", "runtime#num_workers": 0,
+        "train#dataset#data": subjects, "schedule#epoch_length": 3, "patches#unlabeled_batch_size": 1,
+        "patches#samples_per_volume": 2, "patch_size": [16, 16, 16],
+        "train#unlabeled#dataset#data": [{k: v for k, v in e.items() if k != "label"} for e in subjects],
+    })  # fmt: skip
+    loader = parser.get_parsed_content("train#unlabeled#dataloader")
+    assert len(calls) == 2  # cached with the deterministic preprocessing
+    for _ in range(2):
+        batches = list(loader)
+        assert len(batches) == 3 and all(b["clusters"].shape == (2, 1, 16, 16, 16) for b in batches)
+    assert len(calls) == 2

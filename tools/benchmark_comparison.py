@@ -97,7 +97,7 @@ PROFILES = {
     },
     # 3000 iterations of the default configuration (network, patches, batches)
     "gpu": {"iterations": 3000, "schedule#epoch_length": 100, "schedule#val_interval": 5},
-    # the README's main job: train.yaml's schedule, network, patches and batches
+    # the README's main job of 0.11.0-0.13.0: train.yaml's schedule, network, patches and batches on the phantom cohort
     "main": {"iterations": 600, "schedule#epoch_length": 50, "schedule#val_interval": 2},
 }  # fmt: skip
 # the phantom cohort (scripts.data.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
@@ -169,7 +169,8 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
-    settings = {**COMMON, **PROFILES[profile], "dataset_dir": str(Path(dataset_dir).resolve()), "data#phantom": PHANTOM}
+    settings = {**COMMON, **PROFILES[profile], "dataset_format": "phantom",
+                "dataset_dir": str(Path(dataset_dir).resolve()), "data#phantom": PHANTOM}
     for seed in seeds:
         for n in labelled:
             for variant in variants:

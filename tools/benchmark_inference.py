@@ -58,7 +58,7 @@ def _write_head(folder: Path, shape: tuple[int, ...]) -> None:
 
 
 def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats: int = 3, roi_size=None,
-            modalities=("t1", "t2")) -> dict:
+            modalities=("t1", "t2"), one_window: bool = True) -> dict:
     """Run the inference workflow ``repeats + 1`` times on ``data_dir`` in this process; return timings and memory."""
     import torch
     from monai.bundle import ConfigWorkflow
@@ -78,6 +78,7 @@ def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats
         amp=False,
         overwrite=True,  # the repeats write the same outputs into this temporary folder
         **({"roi_size": list(roi_size)} if roi_size else {}),
+        **({} if one_window else {"one_window_voxels": None}),
     )
     workflow.initialize()
     times = []
@@ -103,12 +104,13 @@ def measure(data_dir: str, output_dir: str, ckpt_path: str, device: str, repeats
 
 
 def run(shape=(144, 192, 256), ckpt_path: str | None = None, repeats: int = 3, seed: int = 0, roi_size=None,
-        head: bool = False) -> list[dict]:
+        head: bool = False, one_window: bool = True) -> list[dict]:
     """Benchmark inference on a phantom T1+T2 volume of ``shape`` (``head``: a real whole-head T1) on the CPU and,
     when present, the GPU.
 
     ``roi_size`` overrides the inference window (default: configs/inference.yaml's); smaller windows use less
-    memory and more time.
+    memory and more time. ``--one_window False`` tiles every image with that window, as before release 0.14.0 (by
+    default an image of at most ``one_window_voxels`` is one window).
     """
     import torch
 
@@ -133,9 +135,12 @@ def run(shape=(144, 192, 256), ckpt_path: str | None = None, repeats: int = 3, s
                    f"--modalities={json.dumps(modalities)}"]  # fmt: skip
             if roi_size:
                 cmd.append(f"--roi_size={list(roi_size)}")
+            if not one_window:
+                cmd.append("--one_window=False")
             proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, check=True)
             result = json.loads(proc.stdout.strip().splitlines()[-1])
-            result.update(shape=list(shape), roi_size=list(roi_size) if roi_size else "config default")
+            window = list(roi_size) if roi_size else "config default"
+            result.update(shape=list(shape), roi_size=window if one_window else f"{window}, tiled")
             results.append(result)
     print("| volume | window | device | seconds / volume (median) | peak RSS (MB) | peak GPU (MB) |")
     print("|---|---|---|---|---|---|")

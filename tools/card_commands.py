@@ -7,8 +7,9 @@ Run from the repository root of a fresh clone::
 Every ``bash`` block of ``bundle/docs/README.md`` (the model card) and ``README.md`` is read; continuation lines are
 joined, comments dropped, and each command runs from ``bundle/`` in the order written, so later commands see what
 earlier ones wrote (evaluation reads the training run's split, export reads ``models/model.pt``). What a user would
-replace is replaced: ``/data/...`` paths by phantom subjects (iSEG layout) and NIfTI copies of them (folder
-layout, with brain masks), ``nproc_per_node=N`` by 2. Training commands get ``--iterations 4
+replace is replaced: ``/data/...`` paths by phantom subjects (iSEG layout; train.yaml's ``data#phantom``, written into
+``data/phantom`` as ``--dataset_format phantom`` does) and NIfTI copies of them (folder layout, with brain masks),
+``nproc_per_node=N`` by 2. Training commands get ``--iterations 4
 --schedule#epoch_length 2 --schedule#val_interval 1`` so that each finishes in about a minute on 2 cores; nothing
 else is changed. Set-up lines (``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI
 and the README's main job run the former, the docs give the latter's results. The result is one line per command
@@ -52,11 +53,17 @@ def bash_commands(markdown: str) -> list[str]:
 
 
 def _write_inputs(work: Path) -> dict[str, str]:
-    """Inputs for the documented placeholders, from the phantom dataset a training command wrote."""
+    """Inputs for the documented placeholders, from the phantom dataset of train.yaml (written once, as
+    ``--dataset_format phantom`` writes it; the main job's default data are the anatomy cohort, not phantoms)."""
     import nibabel as nib
     import numpy as np
+    import yaml
+
+    from scripts.data.phantom import write_dataset
 
     phantom = BUNDLE_ROOT / "data" / "phantom"
+    settings = yaml.safe_load((BUNDLE_ROOT / "configs" / "train.yaml").read_text())["data"]["phantom"]
+    write_dataset(phantom, layout="iseg", **settings)
     iseg = work / "iseg_scans"
     scans = work / "new_scans"
     iseg.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@ merged to CSF / GM / WM, and datasets of scans rendered from them (``scripts.dat
 slices, noise; whole heads and skull-stripped brains) from every map but the held-out ones, validation and test
 subjects with fixed realistic contrasts (``SCENARIOS``), and a MONAI datalist ``datalist.json`` that keeps renders of
 one map in one split. Maps ``TEST_MAPS`` never reach training or validation: they are the real-anatomy test.
+``cohort=True`` makes the training renders a cohort (train.yaml's default data): each subject's T1/T2 contrast is
+its own age, spread evenly over the subjects from newborn (T1 WM darker than GM) through isointense to adult
+(``cohort_ages``), with its own scanner (bias, noise, blur, slice thickness, skull stripping).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from monai.transforms import (
 )
 
 from ..atomic import write_json
-from ..checks import InputError
+from ..checks import InputError, as_bool
 from .datasets import CSF, GM, IGNORE_LABEL, WM
 from .rendering import MODALITIES, RandLabelContrastd, RandThickSlicesd
 from .writing import map_in_processes, save_nifti, write_once
@@ -53,6 +56,7 @@ TISSUE_OF_CODE: dict[int, int] = {
 # about 0.75: SNR 25 at 0.03), slice thickness (voxels; 0: 1 mm).
 _ADULT = {"t1": (0.2, 0.5, 0.75), "t2": (0.9, 0.55, 0.4)}
 _ISOINTENSE = {"t1": (0.15, 0.5, 0.47), "t2": (0.9, 0.5, 0.53)}  # infant of about 6 months (age 0.425)
+_NEWBORN = {"t1": (0.15, 0.5, 0.3), "t2": (0.9, 0.5, 0.7)}  # T1 WM darker than GM, T2 brighter (age 0)
 _SCANNER = {"strip": True, "blur": 0.6, "bias": 0.15, "noise": 0.03, "slices": 0}
 SCENARIOS: dict[str, dict] = {
     "adult": {"means": _ADULT, **_SCANNER},
@@ -61,6 +65,7 @@ SCENARIOS: dict[str, dict] = {
     "strong_bias": {"means": _ADULT, **_SCANNER, "bias": 0.5},
     "noisy_head": {"means": _ADULT, **_SCANNER, "strip": False, "noise": 0.08},
     "thick_slices": {"means": _ADULT, **_SCANNER, "slices": 4.0},
+    "infant_newborn": {"means": _NEWBORN, **_SCANNER},
 }
 
 
@@ -109,16 +114,17 @@ def brain_mask(codes) -> np.ndarray:
     return (codes > 0) & (codes < HEAD_CODES)
 
 
-def random_render(shape, modalities=MODALITIES, contrast="plausible", infant_prob=0.0, head_prob=0.5) -> Compose:
+def random_render(shape, modalities=MODALITIES, contrast="plausible", infant_prob=0.0, head_prob=0.5,
+                  age: float | None = None) -> Compose:
     """The training render of a label map of ``shape`` under key ``label``: affine and smooth deformation, a
-    Gaussian intensity per label and channel (``RandLabelContrastd``), partial-volume blur, thick slices, bias field
-    and Rician noise into ``image``."""
+    Gaussian intensity per label and channel (``RandLabelContrastd``; ``age`` fixes an infant's age, else
+    ``infant_prob`` draws one), partial-volume blur, thick slices, bias field and Rician noise into ``image``."""
     return Compose([
         RandAffined("label", prob=1.0, rotate_range=(0.26,) * 3, scale_range=(0.12,) * 3, shear_range=(0.02,) * 6,
                     mode="nearest", padding_mode="zeros"),
         RandSmoothDeformd("label", spatial_size=shape, rand_size=(8, 8, 8), prob=1.0, def_range=0.03,
                           grid_mode="nearest", field_mode="trilinear"),
-        RandLabelContrastd("label", modalities=modalities, contrast=contrast, infant_prob=infant_prob,
+        RandLabelContrastd("label", modalities=modalities, contrast=contrast, infant_prob=infant_prob, age=age,
                            head_prob=head_prob),
         RandGaussianSmoothd("image", sigma_x=(0.0, 1.0), sigma_y=(0.0, 1.0), sigma_z=(0.0, 1.0), prob=0.5),
         RandThickSlicesd("image", thickness=(2.0, 5.0), prob=0.2),
@@ -178,19 +184,45 @@ def save_subject(folder: Path, subject: str, rendered: dict, modalities=MODALITI
     return entry
 
 
+def cohort_ages(count: int, infant_fraction: float = 0.8, seed: int = 0) -> list[float | None]:
+    """The contrast ages of ``count`` cohort subjects, in a random order (``seed``): ``RandLabelContrastd``'s infant
+    age (0 newborn, 0.5 isointense, 1 adult-like) or ``None`` (an adult). The centres of ``count`` equal strata of
+    [0, 1): one below ``infant_fraction`` is an infant of that value / ``infant_fraction``, the others adults, so the
+    ages are evenly spread, and a cohort of 3 or more (with a fraction of 0.8) holds an infant whose T1 WM is darker
+    than its GM and an adult. The tissue intensities of each age are still drawn per subject (``tissue_means``)."""
+    fraction = float(infant_fraction)
+    values = (np.arange(count) + 0.5) / max(count, 1)
+    ages = [float(v / fraction) if v < fraction else None for v in values]
+    return [ages[i] for i in np.random.default_rng([int(seed), 25]).permutation(count)]
+
+
+def cohort_subject(index: int, render: int, age: float | None) -> str:
+    """A cohort subject's id: its map and render, then ``age`` in hundredths (``m02r0_age035``) or ``adult``."""
+    return f"m{index:02d}r{render}_" + ("adult" if age is None else f"age{round(100 * age):03d}")
+
+
 def render_jobs(
     maps,
     renders_per_map: int = 4,
     validation: tuple[str, ...] = ("adult", "whole_head"),
     testing: tuple[str, ...] = ("adult", "whole_head"),
     seed: int = 0,
+    cohort: bool = False,
+    infant_prob: float = 0.0,
 ) -> list[tuple]:
     """The subjects of a dataset rendered from the label maps ``maps`` (indices), as ``(split, subject, map index,
     scenario, render seed)``: ``renders_per_map`` random renders (scenario ``random``) of every map but ``TEST_MAPS``
-    and ``VALIDATION_MAPS`` for training, the validation and test maps in each of the named ``SCENARIOS``."""
+    and ``VALIDATION_MAPS`` for training, the validation and test maps in each of the named ``SCENARIOS``. With
+    ``cohort``, the training renders are ``(split, subject, map index, "cohort", render seed, age)``, their ages
+    ``cohort_ages`` (a fraction ``infant_prob`` of infants) in map order."""
     train_maps = [i for i in maps if i not in TEST_MAPS and i not in VALIDATION_MAPS]
-    jobs = [("training", f"m{i:02d}r{r}", i, "random", seed * 1000 + i * 10 + r)
-            for i in train_maps for r in range(renders_per_map)]
+    renders = [(i, r, seed * 1000 + i * 10 + r) for i in train_maps for r in range(renders_per_map)]
+    if cohort:
+        ages = cohort_ages(len(renders), infant_prob, seed)
+        jobs = [("training", cohort_subject(i, r, age), i, "cohort", render_seed, age)
+                for (i, r, render_seed), age in zip(renders, ages)]
+    else:
+        jobs = [("training", f"m{i:02d}r{r}", i, "random", render_seed) for i, r, render_seed in renders]
     jobs += [(split, f"m{i:02d}_{name}", i, name, seed * 1000 + 500 + i)
              for split, held, names in (("validation", VALIDATION_MAPS, validation), ("testing", TEST_MAPS, testing))
              for i in held if i in maps for name in names]
@@ -199,13 +231,15 @@ def render_jobs(
 
 def write_job(job: tuple, folder, anatomy_dir=ANATOMY_DIR, contrast="plausible", infant_prob=0.0,
               strip_prob=0.5, head_prob=0.5) -> dict:
-    """Render and save one subject of ``render_jobs`` into ``folder``; its datalist entry. Random renders use
-    ``random_render`` (skull-stripped with probability ``strip_prob``), the others ``fixed_render``."""
+    """Render and save one subject of ``render_jobs`` into ``folder``; its datalist entry. Random and cohort renders
+    use ``random_render`` (a cohort subject with its age; skull-stripped with probability ``strip_prob``), the others
+    ``fixed_render``."""
     torch.set_num_threads(1)  # one subject per process
-    _, subject, index, scenario, seed = job
+    _, subject, index, scenario, seed, *age = job
     labels = read_label_map(map_path(index, anatomy_dir))
-    if scenario == "random":
-        render = random_render(labels.shape[1:], contrast=contrast, infant_prob=infant_prob, head_prob=head_prob)
+    if scenario in ("random", "cohort"):
+        ages = {"age": age[0], "infant_prob": 0.0} if scenario == "cohort" else {"infant_prob": infant_prob}
+        render = random_render(labels.shape[1:], contrast=contrast, head_prob=head_prob, **ages)
         strip = bool(np.random.default_rng(seed).uniform() < strip_prob)
     else:
         render, strip = fixed_render(scenario), SCENARIOS[scenario]["strip"]
@@ -229,20 +263,25 @@ def write_dataset(
     seed: int = 0,
     anatomy_dir=ANATOMY_DIR,
     head_prob: float = 0.5,
+    cohort: bool = False,
 ) -> str:
     """Render a dataset from the label maps into ``out_dir`` (once: an identical complete one is kept) and return
     the path of its MONAI datalist ``datalist.json`` (training, validation and testing lists), one process per core.
 
-    The subjects are ``render_jobs``'; both modalities are written and a run reads those it needs. ``contrast``,
-    ``infant_prob``, ``head_prob``: ``RandLabelContrastd``'s.
+    The subjects are ``render_jobs``'; both modalities, the label and the brain mask are written for every subject
+    and a run reads what it needs. ``contrast``, ``infant_prob``, ``head_prob``: ``RandLabelContrastd``'s.
+    ``cohort`` (a flag, or ``"true"``/``"false"`` as a command line passes it): the training renders' ages spread
+    evenly from newborn to adult, ``infant_prob`` of them infants (``cohort_ages``), instead of drawn at random.
     """
+    cohort = as_bool(cohort)
     indices = map_indices(anatomy_dir)
     if not indices:
         raise InputError(f"no label maps seg_NN.nii.gz in {anatomy_dir}")
-    jobs = render_jobs(indices, renders_per_map, validation, testing, seed)
+    jobs = render_jobs(indices, renders_per_map, validation, testing, seed, cohort, infant_prob)
     arguments = {"renders_per_map": renders_per_map, "contrast": contrast, "infant_prob": infant_prob,
                  "strip_prob": strip_prob, "validation": list(validation), "testing": list(testing), "seed": seed,
-                 "maps": indices, "head_prob": head_prob, "renderer": RENDERER_VERSION}
+                 "maps": indices, "head_prob": head_prob, "renderer": RENDERER_VERSION,
+                 **({"cohort": True} if cohort else {})}  # recorded only when set: earlier datasets stay complete
 
     def write(folder):
         entries = write_jobs(jobs, folder, anatomy_dir=str(anatomy_dir), contrast=contrast, infant_prob=infant_prob,
@@ -257,6 +296,6 @@ def write_dataset(
     return str(Path(out_dir) / "datalist.json")
 
 
-__all__ = ["ANATOMY_DIR", "SCENARIOS", "TEST_MAPS", "TISSUE_OF_CODE", "VALIDATION_MAPS", "brain_mask", "fixed_render",
-           "map_path", "merge_labels", "random_render", "read_label_map", "render_jobs", "render_subject",
-           "save_subject", "subject_entry", "write_dataset", "write_job", "write_jobs"]
+__all__ = ["ANATOMY_DIR", "SCENARIOS", "TEST_MAPS", "TISSUE_OF_CODE", "VALIDATION_MAPS", "brain_mask", "cohort_ages",
+           "cohort_subject", "fixed_render", "map_path", "merge_labels", "random_render", "read_label_map",
+           "render_jobs", "render_subject", "save_subject", "subject_entry", "write_dataset", "write_job", "write_jobs"]

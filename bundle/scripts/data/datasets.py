@@ -157,9 +157,11 @@ def build_datalist(
     keyword arguments of ``scripts.data.anatomy.write_dataset``, then read its ``datalist.json`` (whose split keeps the
     renders of one map together and the test maps out of training).
     ``datalist``: a split with a non-empty ``validation`` list is kept as is (``num_labeled >= 0`` keeps the first
-    ``num_labeled`` training entries); otherwise its ``training`` entries are split and its ``testing`` and
-    ``unlabeled`` entries added. ``num_test``: see ``split_subjects``. ``split_file``: also write the split there as a MONAI datalist JSON (feed it back
-    with the ``datalist`` format to reproduce the run).
+    ``num_labeled`` training entries; with ``num_test`` a number, as ``split_subjects``, the last ``num_test`` of the
+    others join its testing list and those left join the unlabelled ones without their label, else they are left
+    out); otherwise its ``training`` entries are split and its ``testing`` and ``unlabeled`` entries added.
+    ``num_test``: see ``split_subjects``. ``split_file``: also write the split there as a MONAI datalist JSON (feed it
+    back with the ``datalist`` format to reproduce the run).
     """
     fmt = _check_format(dataset_format)
     modalities = _check_modalities(fmt, modalities)
@@ -422,9 +424,18 @@ def _split_datalist(
             if any("label" not in e for e in lists[name]):
                 raise InputError(f"{path}: every '{name}' entry needs a 'label'")
         if num_labeled is not None and num_labeled >= 0:
-            if num_labeled > len(lists["training"]):
-                raise InputError(f"need {num_labeled} training subjects, {path} lists {len(lists['training'])}")
-            lists["training"] = lists["training"][:num_labeled]
+            training = lists["training"]
+            n_test = 0 if num_test is None or num_test < 0 else num_test
+            if num_labeled + n_test > len(training):
+                wanted = f"{num_labeled} training" + (f" + {n_test} testing" if n_test else "")
+                raise InputError(f"need {wanted} subjects, {path} lists {len(training)} training subjects")
+            lists["training"] = training[:num_labeled]
+            if num_test is not None and num_test >= 0:  # the few-shot setting: the rest without their labels
+                rest = training[num_labeled:]
+                unused, held = rest[: len(rest) - n_test], rest[len(rest) - n_test :]
+                lists["testing"] = lists["testing"] + held
+                unused = [{k: v for k, v in entry.items() if k != "label"} for entry in unused]
+                lists["unlabeled"] = sorted(lists["unlabeled"] + unused, key=_subject_key)
         return lists
     split = split_subjects(lists["training"], num_labeled, num_val, seed, num_test)
     for name in ("testing", "unlabeled"):
