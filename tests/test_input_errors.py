@@ -358,6 +358,27 @@ def test_resume_without_or_with_a_corrupt_last_checkpoint(tmp_path):
         resume(trainer, {"network": torch.nn.Linear(1, 1)}, tmp_path / "last.pt")
 
 
+def test_resume_of_a_finished_run_is_refused_and_a_longer_schedule_continues_it(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.checkpoint import resume
+
+    finished = Engine(lambda e, b: None)
+    finished.run(range(2), max_epochs=3)  # 3 epochs of 2 iterations
+    torch.save({"trainer": finished.state_dict()}, tmp_path / "last.pt")
+
+    def fresh(max_epochs):
+        trainer = Engine(lambda e, b: None)
+        trainer.state.max_epochs, trainer.state.epoch_length = max_epochs, 2
+        return trainer
+
+    with pytest.raises(InputError, match=r"finished run \(all 3 epochs, iteration 6\): nothing to resume"):
+        resume(fresh(3), {}, tmp_path / "last.pt")
+    longer = fresh(5)
+    assert resume(longer, {}, tmp_path / "last.pt") == 6
+    assert (longer.state.epoch, longer.state.max_epochs) == (3, 5)
+
+
 def test_input_error_found_in_the_chain():
     """MONAI's config parser wraps errors in RuntimeError("Failed to evaluate ..."): the hook looks through it."""
     try:

@@ -99,7 +99,8 @@ class LastCheckpoint:
 def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
     """Load a ``LastCheckpoint`` file into the objects of ``save_dict`` and the trainer; return the iteration.
 
-    The trainer then continues from the recorded epoch and iteration when it is run.
+    The trainer then continues from the recorded epoch and iteration when it is run. A finished run is refused:
+    ignite's ``Engine.run`` would silently start it again from iteration 0.
     """
     if not Path(path).is_file():
         raise MissingInputError(f"{path} not found: nothing to resume; train without --resume true first")
@@ -115,6 +116,11 @@ def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
     Checkpoint.load_objects({**objects, "trainer": trainer}, checkpoint)
     if trainer.state.epoch > max_epochs:
         raise InputError(f"{path} is at epoch {trainer.state.epoch}, beyond --schedule#epochs {max_epochs}")
+    if trainer.state.iteration >= trainer.state.epoch_length * max_epochs:  # ignite would start again from scratch
+        raise InputError(
+            f"{path} is a finished run (all {max_epochs} epochs, iteration {trainer.state.iteration}): nothing to "
+            "resume; raise --schedule#epochs to train on, or train without --resume true to start again"
+        )
     trainer.state.max_epochs = max_epochs  # the configured length, not the stopped run's
     return trainer.state.iteration
 
