@@ -77,6 +77,20 @@ def _layered_brain(gm_value, wm_value, csf_value=(-0.6, 0.8), size=32):
     return torch.where(label > 0, image + noise, image), label
 
 
+@pytest.mark.parametrize("radius", [1, 2, 7])
+def test_cube_dilation_matches_monai_dilate(radius):
+    """The clusters' separable dilation is MONAI's (a convolution with the whole cube), edges and a radius beyond a
+    side of the volume included."""
+    from monai.transforms.utils_morphological_ops import dilate
+
+    from scripts.transforms import _dilate
+
+    mask = torch.rand(12, 9, 5, generator=torch.Generator().manual_seed(radius)) > 0.93
+    mask[0, 0, 0] = mask[-1, -1, -1] = True  # corners
+    expected = dilate(mask[None, None].float(), 2 * radius + 1)[0, 0] > 0
+    assert torch.equal(_dilate(mask, radius), expected) and not torch.equal(expected, mask)
+
+
 @pytest.mark.parametrize("order", ["wm_brighter_in_t1", "wm_darker_in_t1"])
 def test_tissue_clusters_name_the_tissues_by_layout_whatever_the_contrast_order(order):
     """CSF is the layer against the background, GM the thin ribbon, WM the bulk, whichever tissue is brighter."""

@@ -14,7 +14,6 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, MaskIntensityd, RandomizableTransform, ScaleIntensityRange
-from monai.transforms.utils_morphological_ops import dilate
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
@@ -243,8 +242,18 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 30) -> torch.Tensor:
 
 
 def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """``mask`` (D, H, W) dilated by a cube of side ``2 * radius + 1`` (MONAI's ``dilate`` takes (N, C, ...))."""
-    return dilate(mask[None, None].float(), 2 * radius + 1)[0, 0] > 0
+    """Boolean ``mask`` (D, H, W) dilated by a cube of side ``2 * radius + 1``, outside the volume False.
+
+    The cube is separable: shifted logical ORs along each axis. MONAI's ``dilate`` gives the same result by a float
+    convolution with the whole cube, 1 s against 0.005 s for a 170 x 220 x 210 brain on one CPU core.
+    """
+    out = torch.as_tensor(mask, dtype=torch.bool).clone()
+    for axis, n in enumerate(out.shape):
+        source = out.clone()
+        for shift in range(1, min(radius, n - 1) + 1):
+            out.narrow(axis, shift, n - shift).logical_or_(source.narrow(axis, 0, n - shift))
+            out.narrow(axis, 0, n - shift).logical_or_(source.narrow(axis, shift, n - shift))
+    return out
 
 
 def tissue_clusters(
