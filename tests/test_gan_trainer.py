@@ -93,6 +93,27 @@ def test_one_iteration_with_every_term_updates_both_networks_from_one_real_pass_
     assert torch.allclose(out["loss_d_unlabelled"], unlabelled_loss(logits[2:]), atol=1e-6)
 
 
+@pytest.mark.parametrize("source_statistics", [False, True])
+def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(source_statistics):
+    """``fake_patches=1`` with 2 labelled patches: one fake, its map one of the batch's, and every term of both
+    steps computed on it (the source statistics of one fake too)."""
+    trainer, net, gen = _trainer("mri", epoch_length=1, fake_patches=1, flip_maps=False)
+    if source_statistics:
+        gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
+        trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
+    trainer.d_loss_function.weights["synthetic"] = 1.0
+    trainer.g_loss_function.weights.update(reconstruction=1.0, segmentation=1.0, appearance=1.0)
+    d0, g0 = _params(net), _params(gen)
+    trainer.run()
+    out = trainer.state.output[0]
+    assert out["fake"].shape == (1, *out["image"].shape[1:]) and out["fake_label"].shape[0] == 1
+    assert any(torch.equal(out["fake_label"][0], label) for label in out["label"])
+    assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss_"))
+    assert float(out["loss_d_synthetic"]) > 0 and _changed(d0, net) and _changed(g0, gen)
+    with pytest.raises(ValueError, match="fake_patches must be at least 1"):
+        _trainer("mri", fake_patches=0)
+
+
 def test_supervised_mode_has_only_the_labelled_term():
     trainer, net, _ = _trainer(None, unlabeled=False)
     d0 = _params(net)
@@ -376,15 +397,15 @@ def test_gradient_scalers_are_saved_in_the_last_checkpoint_and_resumed(tmp_path)
     """float16 mixed precision: both scalers' scale and growth tracker go into last.pt and come back on resume."""
     from scripts.checkpoint import LastCheckpoint, resume
 
-    def build(init_scale):
-        trainer, net, gen = _trainer()
+    def build(init_scale, max_epochs=1):
+        trainer, net, gen = _trainer(max_epochs=max_epochs)
         trainer.d_scaler, trainer.g_scaler = (torch.amp.GradScaler("cpu", init_scale, growth_interval=3) for _ in "dg")
         return trainer, {"network": net, "generator": gen}
 
     trainer, objects = build(init_scale=256.0)
     LastCheckpoint(objects, tmp_path / "last.pt").attach(trainer)
     trainer.run()  # 2 steps each: the growth trackers are at 2
-    fresh, fresh_objects = build(init_scale=2.0**16)
+    fresh, fresh_objects = build(init_scale=2.0**16, max_epochs=2)  # trains on (a finished run is not resumed)
     resume(fresh, fresh_objects, tmp_path / "last.pt")
     for name in ("d_scaler", "g_scaler"):
         saved, resumed = getattr(trainer, name), getattr(fresh, name)

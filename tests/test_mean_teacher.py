@@ -33,14 +33,14 @@ def _batches(n, with_label=True, seed=0):
     return out
 
 
-def _trainer(num_batches=1, config_teacher=False, **kwargs):
+def _trainer(num_batches=1, config_teacher=False, max_epochs=1, **kwargs):
     torch.manual_seed(0)
     net = Segmenter(2, 4, features=(4, 8))
     if config_teacher:  # as configs/mean_teacher.yaml builds it
         kwargs["teacher"] = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     trainer = MeanTeacherTrainer(
         device="cpu",
-        max_epochs=1,
+        max_epochs=max_epochs,
         train_data_loader=_batches(num_batches),
         unlabeled_data_loader=_batches(1, with_label=False, seed=1),
         network=net,
@@ -92,8 +92,8 @@ def test_consistency_weight_ramps_up_as_exp_minus_5_phase_squared():
 
 def test_a_config_built_teacher_is_saved_and_resumed(tmp_path):
     """configs/mean_teacher.yaml builds the teacher and lists it in checkpoint#objects: --resume restores the EMA."""
-    def build():
-        trainer, net = _trainer(config_teacher=True)
+    def build(max_epochs=1):
+        trainer, net = _trainer(config_teacher=True, max_epochs=max_epochs)
         return trainer, {"network": net, "optimizer": trainer.d_optimizer, "teacher": trainer.teacher}
 
     trainer, objects = build()
@@ -102,7 +102,7 @@ def test_a_config_built_teacher_is_saved_and_resumed(tmp_path):
     trainer.run()
     saved = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)
     Segmenter(2, 4, features=(4, 8)).load_state_dict(saved["teacher"])  # the averaged segmenter itself
-    fresh, fresh_objects = build()
+    fresh, fresh_objects = build(max_epochs=2)  # trains on (a finished run is not resumed)
     resume(fresh, fresh_objects, tmp_path / "last.pt")
     for name, value in trainer.teacher.module.state_dict().items():
         assert torch.equal(fresh.teacher.module.state_dict()[name], value), name

@@ -1,4 +1,4 @@
-"""The comparison on the phantom cohort: the plain UNet baseline, supervised, Standard-GAN, MRI-GAN as the paper trains
+"""The comparison on the phantom cohort, or on the real-anatomy cohort (``--profile anatomy``): the plain UNet baseline, supervised, Standard-GAN, MRI-GAN as the paper trains
 it, MRI-GAN with tissue transfer (the default) and a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over
 several seeds; on request (``--variants``) also tissue transfer conditioned on the source's statistics, with GM/WM
 swapped at random, and supervised training with random tissue offsets (0.6.0's experiments), and tissue transfer
@@ -16,6 +16,13 @@ repository root:
     python -m tools.benchmark_comparison run --profile gpu
     python -m tools.benchmark_comparison run --profile main --labelled "[2]" \
         --variants "[mri_gan_gap,plain_unet_gap_time]"
+    python -m tools.benchmark_comparison run --profile anatomy --labelled "[2]" \
+        --variants "[supervised_gap,plain_unet,mri_gan_gap]"
+
+The ``anatomy`` profile is the README's main job since 0.14.0: train.yaml's schedule, network, patches and batches on
+its default data, the cohort rendered from the real label maps (``data#anatomy``: validation on map 01, testing on the
+held-out maps 04, 11 and 16 in three contrasts each); ``supervised_gap`` and ``mri_gan_gap`` are then train.yaml's
+supervised and MRI-GAN defaults. The plain baseline reads the same rendered ``datalist.json``.
 
 Results are appended to ``<work_dir>/<profile>/results.json`` as each run finishes (an interrupted benchmark resumes
 where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``
@@ -99,6 +106,8 @@ PROFILES = {
     "gpu": {"iterations": 3000, "schedule#epoch_length": 100, "schedule#val_interval": 5},
     # the README's main job of 0.11.0-0.13.0: train.yaml's schedule, network, patches and batches on the phantom cohort
     "main": {"iterations": 600, "schedule#epoch_length": 50, "schedule#val_interval": 2},
+    # the README's main job since 0.14.0: the same on the real-anatomy cohort (its own validation and test subjects)
+    "anatomy": {"iterations": 600, "schedule#epoch_length": 50, "schedule#val_interval": 2},
 }  # fmt: skip
 # the phantom cohort (scripts.data.phantom, cohort=True): 2 validation + up to 8 training + 4 test labelled subjects
 PHANTOM = {"num_labeled": 14, "num_unlabeled": 4, "shape": [144, 192, 256], "seed": 0, "cohort": True}
@@ -146,9 +155,13 @@ def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
 
 def _run_plain(run_dir, settings, n, seed, minutes) -> dict:
     out = run_dir / "result.json"
-    args = _overrides({"dataset_dir": settings["dataset_dir"], "dataset_format": "phantom", "phantom": PHANTOM,
-                       "num_labeled": n, "num_val": COMMON["num_val"], "num_test": COMMON["num_test"], "seed": seed,
-                       "split_seed": COMMON["data#split_seed"], "minutes": minutes, "out": str(out)})  # fmt: skip
+    if settings["dataset_format"] == "anatomy":  # the rendered cohort's datalist: its first n training subjects
+        data = {"dataset_format": "datalist", "num_val": 0, "num_test": 0}
+    else:
+        data = {"dataset_format": "phantom", "phantom": PHANTOM, "num_val": COMMON["num_val"],
+                "num_test": COMMON["num_test"], "split_seed": COMMON["data#split_seed"]}  # fmt: skip
+    args = _overrides({"dataset_dir": settings["dataset_dir"], **data, "num_labeled": n, "seed": seed,
+                       "minutes": minutes, "out": str(out)})  # fmt: skip
     _command([sys.executable, "-m", "tools.benchmark_plain_unet", "run", *args], run_dir / "train.log")
     result = json.loads(out.read_text())
     return {"train_seconds": round(result["train_seconds"], 1), "dice": {t: result["dice"][t] for t in TISSUES}}
@@ -160,20 +173,30 @@ def run(
     variants=("supervised", "plain_unet", "mean_teacher", "standard_gan", "paper_gan", "mri_gan"),
     seeds=(0, 1, 2),
     work_dir: str = WORK_DIR,
-    dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"),
+    dataset_dir: str | None = None,
     docs_dir: str = DOCS_DIR,
     plain_minutes: float = 5.0,
 ) -> list[dict]:
-    """Train and evaluate every (variant, labelled, seed) not yet in ``<work_dir>/<profile>/results.json``."""
+    """Train and evaluate every (variant, labelled, seed) not yet in ``<work_dir>/<profile>/results.json``.
+
+    ``dataset_dir``: default ``data/cohort`` (phantom cohort), ``data/anatomy_cohort`` for the ``anatomy`` profile.
+    Two processes may share a profile when they run different variants or seeds: results are re-read before each
+    run and appended, not overwritten."""
     work = Path(work_dir).resolve() / profile
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else []
-    settings = {**COMMON, **PROFILES[profile], "dataset_format": "phantom",
-                "dataset_dir": str(Path(dataset_dir).resolve()), "data#phantom": PHANTOM}
+    if profile == "anatomy":
+        dataset_dir = Path(dataset_dir or BUNDLE_ROOT / "data" / "anatomy_cohort").resolve()
+        _render_anatomy(dataset_dir)
+        settings = {**PROFILES[profile], "dataset_format": "anatomy", "dataset_dir": str(dataset_dir)}
+    else:
+        settings = {**COMMON, **PROFILES[profile], "dataset_format": "phantom",
+                    "dataset_dir": str(Path(dataset_dir or BUNDLE_ROOT / "data" / "cohort").resolve()),
+                    "data#phantom": PHANTOM}  # fmt: skip
     for seed in seeds:
         for n in labelled:
             for variant in variants:
+                results = json.loads(results_path.read_text()) if results_path.exists() else []
                 done = {(r["variant"], r["num_labeled"], r["seed"]) for r in results}
                 if (variant, n, seed) in done:
                     continue
@@ -187,10 +210,23 @@ def run(
                     result = _run_plain(run_dir, settings, n, seed, minutes)
                 else:
                     result = _run_bundle(run_dir, variant, settings, n, seed)
+                results = json.loads(results_path.read_text()) if results_path.exists() else []
                 results.append({"variant": variant, "num_labeled": n, "seed": seed, **result})
                 write_json(results_path, results)
     report(profile, work_dir, docs_dir)
     return results
+
+
+def _render_anatomy(dataset_dir: Path) -> None:
+    """Render train.yaml's real-anatomy cohort (``data#anatomy``) into ``dataset_dir`` unless it is there already,
+    so that the plain baseline finds it even before a bundle run."""
+    from monai.bundle import ConfigParser
+
+    from scripts.data.anatomy import write_dataset
+
+    parser = ConfigParser()
+    parser.read_config(BUNDLE_ROOT / "configs" / "train.yaml")
+    write_dataset(dataset_dir, **parser.get_parsed_content("data#anatomy"))
 
 
 def best_iteration(train_log: Path, epoch_length: int) -> int | None:
@@ -268,7 +304,8 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
     axes[0].set_ylabel("test Dice (mean ± sd over seeds)")
     handles, names = axes[0].get_legend_handles_labels()  # below the panels, clear of every curve
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7)
-    fig.suptitle(f"Phantom cohort, test Dice, {profile} profile")
+    cohort = "Real-anatomy cohort (held-out maps)" if profile == "anatomy" else "Phantom cohort"
+    fig.suptitle(f"{cohort}, test Dice, {profile} profile")
     fig.tight_layout(rect=(0, 0.06 * -(-len(names) // 4) + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -109,6 +109,8 @@ class SemiSupervisedGanTrainer(Trainer):
             from, without gradients (the generator step is half of an MRI-GAN iteration's time; docs/speed.md).
         flip_maps: flip each generating tissue map left-right with probability 0.5 (MRI-GAN).
         deform_maps: standard deviation (voxels) of the smooth random displacement that warps each generating map.
+        fake_patches: fakes per iteration, rendered from that many of the labelled batch's maps drawn at random
+            (``None``: one per labelled patch). Fewer fakes make D's synthetic pass and G's step cheaper.
         reconstruction_patches: labelled patches per iteration that G reconstructs from themselves for its
             reconstruction term, drawn at random (``None``: all of them).
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
@@ -149,6 +151,7 @@ class SemiSupervisedGanTrainer(Trainer):
         flip_maps: bool = True,
         fake_maps: str = "same",
         deform_maps: float = 0.0,
+        fake_patches: int | None = None,
         reconstruction_patches: int | None = None,
         source_group_size: int = 1,
         source_classes: str = "segmenter",
@@ -202,6 +205,9 @@ class SemiSupervisedGanTrainer(Trainer):
             raise ValueError(f"fake_maps must be 'same' or 'permuted', got {fake_maps!r}")
         self.fake_maps = fake_maps
         self.deform_maps = float(deform_maps)
+        if fake_patches is not None and int(fake_patches) < 1:
+            raise ValueError(f"fake_patches must be at least 1 (or None: all), got {fake_patches}")
+        self.fake_patches = None if fake_patches is None else int(fake_patches)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
         self.source_group_size = max(1, int(source_group_size))
         if source_classes not in ("segmenter", "clusters"):
@@ -414,7 +420,10 @@ class SemiSupervisedGanTrainer(Trainer):
         also reconstructs labelled patches for G's reconstruction term (``_reconstruction_patches``)."""
         self.generator.train()
         g = unwrap(self.generator)
-        target = self._target_maps(label) if g.conditional else label
+        target = label
+        if self.fake_patches is not None and self.fake_patches < label.shape[0]:
+            target = label[torch.randperm(label.shape[0], device=label.device)[: self.fake_patches]]
+        target = self._target_maps(target) if g.conditional else target
         reconstruct = self._reconstruction_patches(image, label) if g.conditional and updating_g else None
         stats = None
         if g.conditional and g.source_statistics:
@@ -499,7 +508,7 @@ class SemiSupervisedGanTrainer(Trainer):
         """
         conditional = unwrap(self.generator).conditional
         # the sources' probabilities give the appearance target, unless the rendered statistics are that target
-        sources = self._sources(unlabeled, image.shape[0]) if conditional and fakes.stats is None else None
+        sources = self._sources(unlabeled, fakes.image.shape[0]) if conditional and fakes.stats is None else None
         real = image if conditional or unlabeled is None else torch.cat([image, unlabeled])
         self.g_optimizer.zero_grad(set_to_none=True)
         # the frozen D gets no gradients, so it runs outside its DDP wrapper, which only exposes ``forward``;
