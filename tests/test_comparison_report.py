@@ -90,3 +90,39 @@ def test_plain_baselines_train_for_the_time_of_their_reference_run(tmp_path, mon
            plain_minutes=7.0)  # fmt: skip
     assert minutes == {("plain_unet_2_seed0", 0): 1.5, ("plain_unet_gan_time_2_seed0", 0): 5.0,
                        ("plain_unet_2_seed1", 1): 7.0, ("plain_unet_gan_time_2_seed1", 1): 7.0}  # fmt: skip
+
+
+def test_validation_history_and_its_largest_drop_by_hand(tmp_path):
+    from tools.benchmark_comparison import largest_drop, validations
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "INFO - Epoch[4] Metrics -- val_dice_CSF: 0.9 val_dice_GM: 0.6 val_dice_WM: 0.7 val_mean_dice: 0.7514 \n"
+        "INFO - Key metric: val_mean_dice best value: 0.7514 at epoch: 4\n"
+        "INFO - Epoch[6] Metrics -- val_dice_CSF: 0.9 val_mean_dice: 0.8000 \n"
+        "INFO - Epoch[8] Metrics -- val_dice_CSF: 0.5 val_mean_dice: 0.7200 \n"
+        "INFO - Epoch[10] Metrics -- val_mean_dice: 0.7700 \n"
+    )
+    history = validations(log)
+    assert history == [[4, 0.7514], [6, 0.8], [8, 0.72], [10, 0.77]]
+    assert math.isclose(largest_drop(history), 0.08)  # 0.80 at epoch 6, then 0.72
+    assert largest_drop([[2, 0.5], [4, 0.6]]) == 0.0 and largest_drop([]) == 0.0
+
+
+def test_results_of_a_parallel_run_are_kept(tmp_path, monkeypatch):
+    """Two processes on one profile: each re-reads results.json before appending, so neither loses the other's."""
+    import json
+
+    import tools.benchmark_comparison as bc
+
+    path = tmp_path / "cpu" / "results.json"
+
+    def fake_bundle(run_dir, variant, settings, n, seed):
+        if variant == "supervised":  # another process finishes a run meanwhile
+            path.write_text(json.dumps([_result("mean_teacher", n, seed, 0.1, 0.1, 0.1)]))
+        return {"train_seconds": 1.0, "dice": {"CSF": 0.5, "GM": 0.5, "WM": 0.5}}
+
+    monkeypatch.setattr(bc, "_run_bundle", fake_bundle)
+    monkeypatch.setattr(bc, "report", lambda *args, **kwargs: None)
+    bc.run(labelled=[2], seeds=[0], variants=["supervised", "mean_teacher", "mri_gan"], work_dir=str(tmp_path))
+    assert [r["variant"] for r in json.loads(path.read_text())] == ["mean_teacher", "supervised", "mri_gan"]

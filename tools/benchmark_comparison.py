@@ -148,6 +148,7 @@ def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
     return {
         "train_seconds": round(train_s, 1),
         "best_iteration": best_iteration(run_dir / "train.log", settings["schedule#epoch_length"]),
+        "validations": validations(run_dir / "train.log"),
         "dice": {t: summary["metrics"]["val_dice"][t]["mean"] for t in TISSUES},
         "hd95": {t: summary["metrics"]["val_hd95"][t]["mean"] for t in TISSUES},
     }  # fmt: skip
@@ -235,6 +236,22 @@ def best_iteration(train_log: Path, epoch_length: int) -> int | None:
     return int(found[-1]) * epoch_length if found else None
 
 
+def validations(train_log: Path) -> list[list]:
+    """``[epoch, mean Dice]`` of every validation in a training log, in order."""
+    found = re.findall(r"Epoch\[(\d+)\] Metrics -- .*?val_mean_dice: ([0-9.]+)", train_log.read_text(errors="replace"))
+    return [[int(epoch), float(dice)] for epoch, dice in found]
+
+
+def largest_drop(history: list[list]) -> float:
+    """The largest fall of a validation's mean Dice below the best validation before it (0 if none falls)."""
+    best, drop = None, 0.0
+    for _, dice in history:
+        if best is not None:
+            drop = max(drop, best - dice)
+        best = dice if best is None else max(best, dice)
+    return drop
+
+
 def summarise(results: list[dict]) -> list[dict]:
     """Mean and sample standard deviation (ddof 1; 0 for a single seed) over seeds of each (labelled, variant): Dice
     per tissue, their mean, time."""
@@ -251,6 +268,7 @@ def summarise(results: list[dict]) -> list[dict]:
             "dice_mean": dict(zip(TISSUES, dice.mean(0))), "dice_std": dict(zip(TISSUES, dice.std(0, ddof=ddof))),
             "mean": float(dice.mean(1).mean()), "mean_std": float(dice.mean(1).std(ddof=ddof)),
             "minutes": float(np.mean([r["train_seconds"] for r in runs]) / 60),
+            "largest_drop": max((largest_drop(r["validations"]) for r in runs if r.get("validations")), default=None),
         })  # fmt: skip
     return rows
 
@@ -261,14 +279,16 @@ def report(profile: str = "cpu", work_dir: str = WORK_DIR, docs_dir: str = DOCS_
     results = json.loads((work / "results.json").read_text())
     rows = summarise(results)
     lines = [
-        "| labelled subjects | method | seeds | Dice CSF | Dice GM | Dice WM | mean Dice | training time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| labelled subjects | method | seeds | Dice CSF | Dice GM | Dice WM | mean Dice | training time "
+        "| largest validation drop |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dice = " | ".join(f"{r['dice_mean'][t]:.3f} ± {r['dice_std'][t]:.3f}" for t in TISSUES)
         lines.append(
             f"| {r['num_labeled']} | {LABELS[r['variant']]} | {len(r['seeds'])} | {dice} "
-            f"| {r['mean']:.3f} ± {r['mean_std']:.3f} | {r['minutes']:.1f} min |"
+            f"| {r['mean']:.3f} ± {r['mean_std']:.3f} | {r['minutes']:.1f} min "
+            f"| {'' if r['largest_drop'] is None else format(r['largest_drop'], '.3f')} |"
         )
     table = "\n".join(lines) + "\n"
     docs = Path(docs_dir).resolve()
