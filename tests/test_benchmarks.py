@@ -99,7 +99,7 @@ def test_cluster_benchmark_names_the_layers_of_a_ball_and_scores_a_phantom(tmp_p
 def test_card_commands_reads_the_commands_a_user_would_type():
     """``tools.card_commands``: continuation lines joined, comments dropped but ``gan#...`` kept, placeholders
     replaced, and only training commands shortened."""
-    from tools.card_commands import SHORT_TRAINING, bash_commands, prepare
+    from tools.card_commands import RESUMED_TRAINING, SHORT_TRAINING, bash_commands, prepare
 
     markdown = (
         "text\n```bash\n# a comment line\npython -m monai.bundle run training --config_file configs/train.yaml \\\n"
@@ -110,6 +110,8 @@ def test_card_commands_reads_the_commands_a_user_would_type():
     training, inference = bash_commands(markdown)
     assert training == "python -m monai.bundle run training --config_file configs/train.yaml --gan#fake_weight 2.0"
     assert prepare(training, {}) == training.split() + SHORT_TRAINING
+    resumed = training + " --resume true"  # continues the finished short run: a longer schedule
+    assert prepare(resumed, {}) == resumed.split() + RESUMED_TRAINING and int(RESUMED_TRAINING[1]) > int(SHORT_TRAINING[1])
     assert prepare(inference, {"/data/scans": "/tmp/s"})[-2:] == ["--dataset_dir", "/tmp/s"]
     nested = {"/data/scans": "/work/bundle/data/scans", "/data/": "/work/bundle/data/phantom/"}
     assert prepare(inference, nested)[-1] == "/work/bundle/data/scans"  # replaced once, not again by "/data/"

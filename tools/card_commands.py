@@ -10,8 +10,9 @@ earlier ones wrote (evaluation reads the training run's split, export reads ``mo
 replace is replaced: ``/data/...`` paths by phantom subjects (iSEG layout; train.yaml's ``data#phantom``, written into
 ``data/phantom`` as ``--dataset_format phantom`` does) and NIfTI copies of them (folder layout, with brain masks),
 ``nproc_per_node=N`` by 2. Training commands get ``--iterations 4
---schedule#epoch_length 2 --schedule#val_interval 1`` so that each finishes in about a minute on 2 cores; nothing
-else is changed. Set-up lines (``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI
+--schedule#epoch_length 2 --schedule#val_interval 1`` so that each finishes in about a minute on 2 cores, and a
+``--resume true`` command ``--iterations 6`` (the run it continues has finished its 4, and a finished run is not
+resumed); nothing else is changed. Set-up lines (``python3 -m venv``, ``cd``) and the benchmarks of ``tools/`` (hours) are skipped: CI
 and the README's main job run the former, the docs give the latter's results. The result is one line per command
 with its exit status and time, and the last lines of its output where it failed. Run it in a fresh clone: the
 commands write where a user's would (``runs/``, ``models/``, ``eval/``, ``synthetic/`` of the bundle), and before
@@ -35,6 +36,8 @@ from tools import BUNDLE_ROOT, REPO_ROOT, subprocess_env
 
 DOCS = ("bundle/docs/README.md", "README.md")
 SHORT_TRAINING = ["--iterations", "4", "--schedule#epoch_length", "2", "--schedule#val_interval", "1"]
+# --resume true continues the run before it, which has finished its 4 iterations: 2 more, as an interrupted run goes on
+RESUMED_TRAINING = ["--iterations", "6", "--schedule#epoch_length", "2", "--schedule#val_interval", "1"]
 SKIPPED_PREFIXES = ("python3 -m venv", "cd ", "python -m tools.")
 OUTPUTS = ("runs", "eval", "synthetic")  # the bundle's default output folders; models/ is restored from git
 
@@ -98,7 +101,9 @@ def prepare(command: str, replacements: dict[str, str]) -> list[str]:
     argv = shlex.split(command.replace("nproc_per_node=N", "nproc_per_node=2"))
     other_run_ids = {"evaluating", "inference", "synthesize"}
     is_training = "run" in argv and any("train.yaml" in a for a in argv) and not other_run_ids & set(argv)
-    return argv + SHORT_TRAINING if is_training else argv
+    if not is_training:
+        return argv
+    return argv + (RESUMED_TRAINING if "--resume" in argv else SHORT_TRAINING)
 
 
 def _restore_outputs() -> None:
