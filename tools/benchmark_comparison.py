@@ -1,6 +1,6 @@
-"""The comparison on the phantom cohort, or on the real-anatomy cohort (``--profile anatomy``): the plain UNet baseline, supervised, Standard-GAN, MRI-GAN as the paper trains
-it, MRI-GAN with tissue transfer (the default) and a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over
-several seeds; on request (``--variants``) also tissue transfer conditioned on the source's statistics, with GM/WM
+"""The comparison on the phantom cohort, or on the real-anatomy cohort (``--profile anatomy``): the plain UNet
+baseline, supervised, Standard-GAN, MRI-GAN as the paper trains it, MRI-GAN with tissue transfer (the default) and
+a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over several seeds; on request (``--variants``) also tissue transfer conditioned on the source's statistics, with GM/WM
 swapped at random, and supervised training with random tissue offsets (0.6.0's experiments), and tissue transfer
 with statistics of k-means tissue classes (0.8.0).
 
@@ -17,7 +17,7 @@ repository root:
     python -m tools.benchmark_comparison run --profile main --labelled "[2]" \
         --variants "[mri_gan_gap,plain_unet_gap_time]"
     python -m tools.benchmark_comparison run --profile anatomy --labelled "[2]" \
-        --variants "[supervised_gap,plain_unet,mri_gan_gap]"
+        --variants "[supervised_gap,plain_unet_supervised_gap_time,mri_gan_gap]"
 
 The ``anatomy`` profile is the README's main job since 0.14.0: train.yaml's schedule, network, patches and batches on
 its default data, the cohort rendered from the real label maps (``data#anatomy``: validation on map 01, testing on the
@@ -76,9 +76,11 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.5}),
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
     "plain_unet_gap_time": None,  # the same for 0.10.0's default
+    "plain_unet_supervised_gap_time": None,  # the plain baseline for the default supervised run's wall time
 }
+# whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
-                 "plain_unet_gap_time": "mri_gan_gap"}  # whose wall time each plain baseline gets
+                 "plain_unet_gap_time": "mri_gan_gap", "plain_unet_supervised_gap_time": "supervised_gap"}
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)",
     "plain_unet_gan_time": "Plain UNet (0.8.0's default MRI-GAN's wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
@@ -92,6 +94,7 @@ LABELS = {
     "mri_gan_clusters_shift_cheap": "MRI-GAN, 0.8.0's default (the same, G idle in the warm-up, then every second iteration)",
     "mri_gan_gap": "MRI-GAN, the default (the same, brain intensities 0.5 above the background)",
     "plain_unet_gap_time": "Plain UNet (the default MRI-GAN's wall time)",
+    "plain_unet_supervised_gap_time": "Plain UNet (the default supervised run's wall time)",
     "supervised_gap": "Supervised, the default's preprocessing (tissue offsets, intensity gap)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
 }  # fmt: skip
