@@ -1,8 +1,8 @@
 """The comparison on the phantom cohort, or on the real-anatomy cohort (``--profile anatomy``): the plain UNet
 baseline, supervised, Standard-GAN, MRI-GAN as the paper trains it, MRI-GAN with tissue transfer (the default) and
-a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over several seeds; on request (``--variants``) also tissue transfer conditioned on the source's statistics, with GM/WM
-swapped at random, and supervised training with random tissue offsets (0.6.0's experiments), and tissue transfer
-with statistics of k-means tissue classes (0.8.0).
+a mean-teacher baseline, at 1, 2 and 8 labelled subjects, over several seeds; on request (``--variants``) also
+tissue transfer conditioned on the source's statistics, with GM/WM swapped at random, and supervised training with
+random tissue offsets (0.6.0's experiments), and tissue transfer with statistics of k-means tissue classes (0.8.0).
 
 Every bundle run uses the bundle's own commands (``run training`` with the variant's override, then ``run evaluating``)
 with the same data split, number of iterations and seed; only the training seed changes between repeats (the split is
