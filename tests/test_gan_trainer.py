@@ -93,11 +93,28 @@ def test_one_iteration_with_every_term_updates_both_networks_from_one_real_pass_
     assert torch.allclose(out["loss_d_unlabelled"], unlabelled_loss(logits[2:]), atol=1e-6)
 
 
-@pytest.mark.parametrize("source_statistics", [False, True])
-def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(source_statistics):
-    """``fake_patches=1`` with 2 labelled patches: one fake, its map one of the batch's, and every term of both
-    steps computed on it (the source statistics of one fake too)."""
-    trainer, net, gen = _trainer("mri", epoch_length=1, fake_patches=1, flip_maps=False)
+def _collated_metatensors(batch):
+    """``batch`` as MONAI's DataLoader collates it: MetaTensors whose metadata is a list with one item per patch."""
+    from monai.data import MetaTensor, list_data_collate
+
+    n = next(iter(batch.values())).shape[0]
+    items = [{k: MetaTensor(v[i], meta={"filename_or_obj": f"s{i}.nii.gz"}) for k, v in batch.items()} for i in range(n)]
+    return list_data_collate(items)
+
+
+@pytest.mark.parametrize("fakes, reconstructions, source_statistics", [
+    (2, None, False), (2, None, True), (1, 1, True), (None, 1, False),
+])  # fmt: skip
+def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(fakes, reconstructions, source_statistics):
+    """``fake_patches`` of 4 labelled patches (MetaTensors, as collated; ``None``: all): that many fakes, each map
+    one of the batch's, and every term of both steps computed on them (the fakes' source statistics too), beside
+    ``reconstruction_patches`` reconstructions in the same generator pass (``None``: all, 1: ``fast.yaml``'s kind)."""
+    trainer, net, gen = _trainer("mri", epoch_length=1, fake_patches=fakes, reconstruction_patches=reconstructions,
+                                 flip_maps=False)  # fmt: skip
+    g = torch.Generator().manual_seed(0)  # 4 labelled and 4 unlabelled patches, collated as a DataLoader does
+    trainer.data_loader = [_collated_metatensors({"image": torch.rand(4, 2, *PATCH, generator=g) * 2 - 1,
+                                                  "label": torch.randint(0, 4, (4, 1, *PATCH), generator=g)})]
+    trainer.unlabeled_data_loader = [_collated_metatensors({"image": torch.rand(4, 2, *PATCH, generator=g) * 2 - 1})]
     if source_statistics:
         gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
         trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
@@ -106,7 +123,7 @@ def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(source_statisti
     d0, g0 = _params(net), _params(gen)
     trainer.run()
     out = trainer.state.output[0]
-    assert out["fake"].shape == (1, *out["image"].shape[1:]) and out["fake_label"].shape[0] == 1
+    assert out["fake"].shape == (fakes or 4, *out["image"].shape[1:]) and out["fake_label"].shape[0] == (fakes or 4)
     assert any(torch.equal(out["fake_label"][0], label) for label in out["label"])
     assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss_"))
     assert float(out["loss_d_synthetic"]) > 0 and _changed(d0, net) and _changed(g0, gen)

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 from ignite.metrics import Metric
+from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
 from monai.utils import CommonKeys as Keys
@@ -57,6 +58,12 @@ def random_warp(label: torch.Tensor, sigma: float, control_points: int = 4) -> t
     grid = grid + shift.flip(1).permute(0, 2, 3, 4, 1) * scale
     warped = nn.functional.grid_sample(label.float(), grid, mode="nearest", padding_mode="border", align_corners=True)
     return warped.to(label.dtype)
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without MONAI's per-item metadata: the trainer subsets, repeats and concatenates patches of different
+    batches, which a batched ``MetaTensor`` refuses when its metadata lists no longer match the items."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 class Fakes(NamedTuple):
@@ -247,7 +254,7 @@ class SemiSupervisedGanTrainer(Trainer):
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
             batch = next(self._unlabeled_iter)
         clusters = batch["clusters"].to(engine.state.device) if "clusters" in batch else None
-        return engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0], clusters
+        return _plain(engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]), clusters
 
     def gan_ramp(self, iteration: int) -> float:
         """Weight factor of the unlabelled, fake and synthetic terms: 0 in the warm-up, then a linear ramp to 1."""
@@ -392,7 +399,7 @@ class SemiSupervisedGanTrainer(Trainer):
     def _iteration(self, engine: SemiSupervisedGanTrainer, batchdata: dict[str, torch.Tensor]) -> list[dict]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        image, label = map(_plain, engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2])
         with record_function("unlabelled batch"):
             has_unlabeled = self.unlabeled_data_loader is not None
             unlabeled, clusters = self._next_unlabeled(engine) if has_unlabeled else (None, None)
@@ -481,7 +488,7 @@ class SemiSupervisedGanTrainer(Trainer):
         real = image if unlabelled is None else torch.cat([image, unlabelled])
         logits = self.network(real)
         sizes = [image.shape[0], real.shape[0] - image.shape[0]]
-        labelled_logits, unlabelled_logits = torch.split(logits, sizes)  # MetaTensor-safe
+        labelled_logits, unlabelled_logits = torch.split(logits, sizes)
         generated = [t for t in (synthetic, fake_class) if t is not None]
         if len(generated) == 2 and self.fake_maps == "same":
             generated = generated[:1]
