@@ -46,6 +46,7 @@ def test_transfer_figure(tmp_path, monkeypatch):
     volumes = {n: rng.random((8, 9, 10)) for n in ("s1", "s2", "t1", "t2")}
     images = [save(f"{n}.nii.gz", v) for n, v in volumes.items()]
     label_data, synthetic_data = rng.integers(0, 4, (8, 9, 10)), rng.random((8, 9, 10, 2))
+    label_data[0, 0, 5] = 255  # an ignored voxel: blank, and the tissues keep the whole colour scale
     label, synthetic = save("label.nii.gz", label_data), save("synth.nii.gz", synthetic_data)
     shown, imshow = [], matplotlib.axes.Axes.imshow  # (axes, array) of every panel
     monkeypatch.setattr(matplotlib.axes.Axes, "imshow", lambda ax, x, **k: shown.append((ax, x)) or imshow(ax, x, **k))
@@ -54,7 +55,8 @@ def test_transfer_figure(tmp_path, monkeypatch):
     assert [ax.get_title() for ax, _ in shown] == [
         t for m in ("T1", "T2") for t in (f"source {m}", "target tissues", f"synthetic {m}", f"target's own {m}")
     ]  # two rows of four
-    np.testing.assert_array_equal(panels["target tissues"], label_data[:, :, 5].T)  # the middle axial slice
+    expected = np.where(label_data == 255, np.nan, label_data)[:, :, 5].T  # the middle axial slice
+    np.testing.assert_array_equal(panels["target tissues"], expected)
     for row, (modality, source, target) in enumerate((("T1", "s1", "t1"), ("T2", "s2", "t2"))):
         for title, expected in ((f"synthetic {modality}", synthetic_data[:, :, 5, row]),
                                 (f"source {modality}", volumes[source][:, :, 5]),

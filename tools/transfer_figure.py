@@ -17,6 +17,7 @@ import fire
 import nibabel as nib
 import numpy as np
 
+from scripts.data.datasets import IGNORE_LABEL
 from tools import BUNDLE_ROOT
 
 
@@ -50,6 +51,7 @@ def draw(
     rows = len(modalities)
     fig, axes = plt.subplots(rows, 4, figsize=(11, 3.2 * rows), squeeze=False)
     tissues = _slice(label)
+    tissues[tissues == IGNORE_LABEL] = np.nan  # ignored voxels blank, not the top of the tissues' colour scale
     for r, name in enumerate(modalities):
         panels = [
             (f"source {name}", _scaled(_slice(source[r]))),
@@ -58,7 +60,10 @@ def draw(
             (f"target's own {name}", _scaled(_slice(target[r]))),
         ]
         for ax, (caption, image) in zip(axes[r], panels):
-            ax.imshow(image, cmap="viridis" if caption == "target tissues" else "gray", origin="lower")
+            if caption == "target tissues":
+                ax.imshow(image, cmap="viridis", vmin=0, vmax=3, origin="lower")
+            else:
+                ax.imshow(image, cmap="gray", origin="lower")
             ax.set_title(caption, fontsize=9)
             ax.axis("off")
     if title:
