@@ -125,6 +125,7 @@ def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(fakes, reconstr
     out = trainer.state.output[0]
     assert out["fake"].shape == (fakes or 4, *out["image"].shape[1:]) and out["fake_label"].shape[0] == (fakes or 4)
     assert any(torch.equal(out["fake_label"][0], label) for label in out["label"])
+    assert out["image"].meta["filename_or_obj"] == [f"s{i}.nii.gz" for i in range(4)]  # the batch's, for handlers
     assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss_"))
     assert float(out["loss_d_synthetic"]) > 0 and _changed(d0, net) and _changed(g0, gen)
     with pytest.raises(ValueError, match="fake_patches must be at least 1"):

@@ -62,7 +62,8 @@ def random_warp(label: torch.Tensor, sigma: float, control_points: int = 4) -> t
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
     """``x`` without MONAI's per-item metadata: the trainer subsets, repeats and concatenates patches of different
-    batches, which a batched ``MetaTensor`` refuses when its metadata lists no longer match the items."""
+    batches, which a batched ``MetaTensor`` refuses when its metadata lists no longer match the items (the output
+    dict keeps the batch's own MetaTensors)."""
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
@@ -399,11 +400,12 @@ class SemiSupervisedGanTrainer(Trainer):
     def _iteration(self, engine: SemiSupervisedGanTrainer, batchdata: dict[str, torch.Tensor]) -> list[dict]:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        image, label = map(_plain, engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2])
+        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        output: dict = {Keys.IMAGE: image, Keys.LABEL: label}  # with their metadata, for handlers
+        image, label = _plain(image), _plain(label)
         with record_function("unlabelled batch"):
             has_unlabeled = self.unlabeled_data_loader is not None
             unlabeled, clusters = self._next_unlabeled(engine) if has_unlabeled else (None, None)
-        output: dict = {Keys.IMAGE: image, Keys.LABEL: label}
         self.network.train()
         iteration = engine.state.iteration
         updating_g = iteration % self.generator_interval == 0
