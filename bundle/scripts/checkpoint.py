@@ -119,7 +119,8 @@ def resume(trainer: Engine, save_dict: dict[str, Any], path) -> int:
     if trainer.state.iteration >= trainer.state.epoch_length * max_epochs:  # ignite would start again from scratch
         raise InputError(
             f"{path} is a finished run (all {max_epochs} epochs, iteration {trainer.state.iteration}): nothing to "
-            "resume; raise --schedule#epochs to train on, or train without --resume true to start again"
+            "resume; raise --iterations (or --schedule#epochs) to train on, or train without --resume true to start "
+            "again"
         )
     trainer.state.max_epochs = max_epochs  # the configured length, not the stopped run's
     return trainer.state.iteration
