@@ -200,7 +200,7 @@ def run(
     for seed in seeds:
         for n in labelled:
             for variant in variants:
-                results = json.loads(results_path.read_text()) if results_path.exists() else []
+                results = _read_results(results_path)
                 done = {(r["variant"], r["num_labeled"], r["seed"]) for r in results}
                 if (variant, n, seed) in done:
                     continue
@@ -214,11 +214,16 @@ def run(
                     result = _run_plain(run_dir, settings, n, seed, minutes)
                 else:
                     result = _run_bundle(run_dir, variant, settings, n, seed)
-                results = json.loads(results_path.read_text()) if results_path.exists() else []
+                results = _read_results(results_path)
                 results.append({"variant": variant, "num_labeled": n, "seed": seed, **result})
                 write_json(results_path, results)
     report(profile, work_dir, docs_dir)
     return results
+
+
+def _read_results(path: Path) -> list[dict]:
+    """The results recorded so far (another process may have appended since the last read)."""
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _render_anatomy(dataset_dir: Path) -> None:
