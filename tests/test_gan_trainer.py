@@ -98,26 +98,30 @@ def _collated_metatensors(batch):
     from monai.data import MetaTensor, list_data_collate
 
     n = next(iter(batch.values())).shape[0]
-    items = [{k: MetaTensor(v[i], meta={"filename_or_obj": f"s{i}.nii.gz"}) for k, v in batch.items()} for i in range(n)]
+    items = [{k: MetaTensor(v[i], affine=torch.eye(4), meta={"filename_or_obj": f"s{i}.nii.gz", "patch_index": i})
+              for k, v in batch.items()} for i in range(n)]  # fmt: skip
     return list_data_collate(items)
 
 
 @pytest.mark.parametrize("fakes, reconstructions, source_statistics", [
-    (2, None, False), (2, None, True), (1, 1, True), (None, 1, False),
+    (2, None, None), (2, None, "segmenter"), (1, 1, "segmenter"), (None, 1, None), (1, None, "clusters"),
 ])  # fmt: skip
 def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(fakes, reconstructions, source_statistics):
     """``fake_patches`` of 4 labelled patches (MetaTensors, as collated; ``None``: all): that many fakes, each map
-    one of the batch's, and every term of both steps computed on them (the fakes' source statistics too), beside
-    ``reconstruction_patches`` reconstructions in the same generator pass (``None``: all, 1: ``fast.yaml``'s kind)."""
+    one of the batch's, and every term of both steps computed on them (the fakes' source statistics too, from the
+    segmenter or from the unlabelled batch's collated clusters map), beside ``reconstruction_patches``
+    reconstructions in the same generator pass (``None``: all, 1: ``fast.yaml``'s kind)."""
     trainer, net, gen = _trainer("mri", epoch_length=1, fake_patches=fakes, reconstruction_patches=reconstructions,
                                  flip_maps=False)  # fmt: skip
     g = torch.Generator().manual_seed(0)  # 4 labelled and 4 unlabelled patches, collated as a DataLoader does
     trainer.data_loader = [_collated_metatensors({"image": torch.rand(4, 2, *PATCH, generator=g) * 2 - 1,
                                                   "label": torch.randint(0, 4, (4, 1, *PATCH), generator=g)})]
-    trainer.unlabeled_data_loader = [_collated_metatensors({"image": torch.rand(4, 2, *PATCH, generator=g) * 2 - 1})]
+    trainer.unlabeled_data_loader = [_collated_metatensors({"image": torch.rand(4, 2, *PATCH, generator=g) * 2 - 1,
+                                                            "clusters": torch.randint(0, 4, (4, 1, *PATCH), generator=g)})]
     if source_statistics:
         gen = trainer.generator = MRIGANGenerator(2, 4, features=(4, 8), code_dim=4, source_statistics=True)
         trainer.g_optimizer = torch.optim.SGD(gen.parameters(), lr=0.1)
+        trainer.source_classes = source_statistics
     trainer.d_loss_function.weights["synthetic"] = 1.0
     trainer.g_loss_function.weights.update(reconstruction=1.0, segmentation=1.0, appearance=1.0)
     d0, g0 = _params(net), _params(gen)
@@ -130,6 +134,25 @@ def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(fakes, reconstr
     assert float(out["loss_d_synthetic"]) > 0 and _changed(d0, net) and _changed(g0, gen)
     with pytest.raises(ValueError, match="fake_patches must be at least 1"):
         _trainer("mri", fake_patches=0)
+
+
+def test_fake_transform_changes_only_the_patches_of_the_synthetic_term():
+    """``fake_transform`` (here halving each fake) gives D's synthetic term its own copy of every fake, one fake at a
+    time; the fakes G is judged on (``fake``) stay as rendered; the synthetic loss is D's on the transformed ones."""
+    from monai.transforms import Lambdad
+
+    calls = []
+    halve = Lambdad("image", lambda x: calls.append(x.shape) or x * 0.5)
+    trainer, net, _ = _trainer("mri", epoch_length=1, fake_transform=halve)
+    trainer.d_loss_function.weights["synthetic"] = 1.0
+    untrained = copy.deepcopy(net)
+    trainer.run()
+    out = trainer.state.output[0]
+    assert calls == [out["fake"].shape[1:]] * 2  # per fake, not per batch
+    assert torch.allclose(out["synthetic"], out["fake"] * 0.5)
+    with torch.no_grad():  # D in training mode: batch norm normalises the generated pass by its own statistics
+        expected = trainer.d_loss_function.labelled(untrained(out["synthetic"]), out["fake_label"])
+    assert torch.allclose(out["loss_d_synthetic"], expected, atol=1e-5)
 
 
 def test_supervised_mode_has_only_the_labelled_term():

@@ -232,6 +232,33 @@ def test_generator_idles_through_the_warmup_and_fast_reconstructs_fewer(bundle_r
     assert parser.get_parsed_content("train#trainer#reconstruction_patches", lazy=False) == patches
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_fake_augmentation_biases_the_signal_above_the_background(bundle_root, augment):
+    """gan#fake_augmentation: the trainer's fake_transform multiplies the signal above the background (-1) by a smooth
+    field, then runs its own copies of the real patches' intensity augmentation; off (the default), no transform."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser["bundle_root"] = str(bundle_root)
+    parser["gan#fake_augmentation"] = augment
+    transform = parser.get_parsed_content("train#trainer#fake_transform", lazy=False)
+    if not augment:
+        assert transform is None
+        return
+    real = parser.get_parsed_content("train#intensity_augmentation", lazy=False)
+    copies = transform.transforms[-1].transforms
+    assert [type(t) for t in copies] == [type(t) for t in real] and not set(map(id, copies)) & set(map(id, real))
+    fake = torch.full((1, 16, 16, 16), -1.0)
+    fake[:, 4:12] = 0.2  # a brain slab of signal 1.2 above the background
+    transform.set_random_state(0)
+    biased = Compose(transform.transforms[:-1])({"image": fake})["image"]
+    field = (biased[:, 4:12] + 1) / 1.2
+    assert torch.equal(biased[:, :4], fake[:, :4]) and torch.equal(biased[:, 12:], fake[:, 12:])
+    assert 0.5 < field.min() < field.max() < 2.0 and field.std() > 1e-3
+
+
 def test_init_ckpt_starts_the_segmenter_from_given_weights(bundle_root, tmp_path):
     """--init_ckpt loads a model.pt into the segmenter before training: with a learning rate of 0 its convolutions
     come out as they went in (batch-norm running statistics still move)."""

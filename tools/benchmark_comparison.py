@@ -56,6 +56,7 @@ _CLUSTERS = {"gan#source_statistics": True, "gan#source_classes": "clusters"}
 _SEGMENTER = {"gan#source_statistics": True, "gan#source_classes": "segmenter"}
 _DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "patches#tissue_shift_prob": 0.5, "gan#generator_interval": 2,
                 "gan#generator_start_iterations": "@gan#warmup_iterations"}  # fmt: skip
+_CHEAP_GAN = {**_DEFAULT_080, "data#intensity_gap": 0.5, "gan#fake_patches": 2, "gan#reconstruction_patches": 2}
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
     "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0}),
     "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
@@ -77,6 +78,8 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
     "plain_unet_gap_time": None,  # the same for 0.10.0's default
     "plain_unet_supervised_gap_time": None,  # the plain baseline for the default supervised run's wall time
+    "mri_gan_cheap": ([], _CHEAP_GAN),  # 2 fakes and 2 reconstructions per iteration instead of 8 and 8
+    "mri_gan_cheap_fake_aug": ([], {**_CHEAP_GAN, "gan#fake_augmentation": True}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -97,6 +100,8 @@ LABELS = {
     "plain_unet_supervised_gap_time": "Plain UNet (the default supervised run's wall time)",
     "supervised_gap": "Supervised, the default's preprocessing (tissue offsets, intensity gap)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
+    "mri_gan_cheap": "MRI-GAN, the default with 2 fakes and 2 reconstructions per iteration",
+    "mri_gan_cheap_fake_aug": "MRI-GAN, the same, fakes with a bias field and the intensity augmentation",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network

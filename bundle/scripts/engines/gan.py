@@ -14,6 +14,7 @@ from ignite.metrics import Metric
 from monai.data import MetaTensor
 from monai.engines import Trainer
 from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
+from monai.transforms import Randomizable
 from monai.utils import CommonKeys as Keys
 from torch import nn
 from torch.profiler import record_function
@@ -121,6 +122,11 @@ class SemiSupervisedGanTrainer(Trainer):
             (``None``: one per labelled patch). Fewer fakes make D's synthetic pass and G's step cheaper.
         reconstruction_patches: labelled patches per iteration that G reconstructs from themselves for its
             reconstruction term, drawn at random (``None``: all of them).
+        fake_transform: a MONAI dictionary transform (key ``image``) applied to each fake before D learns from it as
+            labelled data (the synthetic term; ``gan#fake_augmentation``). The fakes paint each tissue with one
+            intensity per subject, while the real patches carry their scan's bias field and the intensity
+            augmentation; D then sees the GM/WM boundary cleaner in the fakes than in any real scan. Its random state
+            is seeded from torch's generator. The patches D saw are in the output as ``synthetic``.
         fake_maps: the fake-class patches: ``"same"``, the fakes themselves (the paper), or ``"permuted"``, the maps
             rendered with their tissues exchanged (off-manifold fakes, MRI-GAN only).
         source_group_size: consecutive unlabelled patches cut from one subject (``samples_per_volume``), over which a
@@ -161,6 +167,7 @@ class SemiSupervisedGanTrainer(Trainer):
         deform_maps: float = 0.0,
         fake_patches: int | None = None,
         reconstruction_patches: int | None = None,
+        fake_transform: Callable | None = None,
         source_group_size: int = 1,
         source_classes: str = "segmenter",
         contrast_swap: float = 0.0,
@@ -217,6 +224,9 @@ class SemiSupervisedGanTrainer(Trainer):
             raise ValueError(f"fake_patches must be at least 1 (or None: all), got {fake_patches}")
         self.fake_patches = None if fake_patches is None else int(fake_patches)
         self.reconstruction_patches = None if reconstruction_patches is None else int(reconstruction_patches)
+        self.fake_transform = fake_transform
+        if isinstance(fake_transform, Randomizable):
+            fake_transform.set_random_state(seed=int(torch.randint(2**31 - 1, ()).item()))
         self.source_group_size = max(1, int(source_group_size))
         if source_classes not in ("segmenter", "clusters"):
             raise ValueError(f"source_classes must be 'segmenter' or 'clusters', got {source_classes!r}")
@@ -254,7 +264,7 @@ class SemiSupervisedGanTrainer(Trainer):
         except StopIteration:
             self._unlabeled_iter = iter(self.unlabeled_data_loader)
             batch = next(self._unlabeled_iter)
-        clusters = batch["clusters"].to(engine.state.device) if "clusters" in batch else None
+        clusters = _plain(batch["clusters"]).to(engine.state.device) if "clusters" in batch else None
         return _plain(engine.prepare_batch(batch, engine.state.device, engine.non_blocking)[0]), clusters
 
     def gan_ramp(self, iteration: int) -> float:
@@ -450,11 +460,17 @@ class SemiSupervisedGanTrainer(Trainer):
         unlabelled = unlabeled if ramp > 0 and weights.get("unlabelled") else None
         if fakes is None or ramp <= 0:
             return unlabelled, None, None
-        synthetic = fakes.image.detach() if weights.get("synthetic") else None
+        synthetic = self._augmented(fakes.image.detach()) if weights.get("synthetic") else None
         fake_class = None
         if weights.get("fake"):
             fake_class = self._fake_class_patches(fakes.image, fakes.target, unlabeled, fakes.stats)
         return unlabelled, synthetic, fake_class
+
+    def _augmented(self, fakes: torch.Tensor) -> torch.Tensor:
+        """``fakes`` with ``fake_transform`` applied to each (unchanged without one)."""
+        if self.fake_transform is None:
+            return fakes
+        return torch.stack([_plain(self.fake_transform({"image": x})["image"]).to(fakes) for x in fakes])
 
     def _discriminator_step(self, engine, output, image, label, unlabeled, fakes: Fakes | None) -> bool:
         """Update D (``_discriminator_loss``) unless its loss is non-finite somewhere; batch norm's running
@@ -471,6 +487,8 @@ class SemiSupervisedGanTrainer(Trainer):
                 image, label, unlabelled, synthetic, fake_class, target, ramp
             )
         output[Keys.PRED] = labelled_logits.detach()
+        if synthetic is not None and self.fake_transform is not None:
+            output["synthetic"] = synthetic
         ok = self._finite(engine, d_terms, "discriminator")
         if ok:
             with record_function("discriminator backward and update"):
