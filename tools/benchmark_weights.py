@@ -5,13 +5,16 @@ The test: the 3 held-out real label maps (``scripts.data.anatomy.TEST_MAPS``, ne
 realistic contrasts (``SCENARIOS``): adult T1 and T1+T2, an isointense infant (about 6 months), whole heads without a
 mask, and harder variants (strong bias field, a whole head in noisy air, 4 mm slices). Each set goes through
 ``run inference`` (configs/inference.yaml) as a datalist, without brain masks; the written label maps are scored on
-CSF, GM and WM, leaving out the voxels the targets ignore (brain stem, ventral DC, vessels). The Gaussian mixture
-(scikit-learn, full covariance over the channels) is fitted inside the true brain mask, and its 3 components named
-by the permutation with the best mean Dice: an upper bound for intensity clustering. Run from the repository root:
+CSF, GM and WM, leaving out the voxels the targets ignore (brain stem, ventral DC, vessels). Two classical baselines
+run inside the true brain mask, their 3 classes named by the permutation with the best mean Dice (upper bounds for
+intensity clustering): a Gaussian mixture (scikit-learn, full covariance over the channels) and ANTs Atropos
+(antspyx: k-means initialisation, Markov random field 0.1 over the 26 neighbours, all channels). Run from the
+repository root:
 
     python -m tools.benchmark_weights run --ckpt bundle/models/model_t1.pt --modalities "[t1]" --tag t1
     python -m tools.benchmark_weights run --ckpt bundle/models/model.pt --modalities "[t1,t2]" --tag t1t2
     python -m tools.benchmark_weights gmm
+    python -m tools.benchmark_weights atropos
     python -m tools.benchmark_weights report
 
 Results go to ``<work_dir>/results.json`` (one entry per tag and set, replaced when run again); ``report`` prints
@@ -124,27 +127,45 @@ def run(ckpt: str = str(BUNDLE_ROOT / "models" / "model.pt"), modalities=("t1", 
                                         seconds_per_subject=round(seconds / len(entries), 1)))
 
 
-def gmm_segment(image: np.ndarray, mask: np.ndarray, label: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A 3-class Gaussian mixture of ``image`` (C, ...) inside ``mask``, its components named CSF/GM/WM by the
-    permutation with the best mean Dice against ``label`` (class map 0..3)."""
-    from sklearn.mixture import GaussianMixture
-
-    voxels = image[:, mask > 0].T.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    sample = voxels[rng.choice(len(voxels), min(len(voxels), 200_000), replace=False)]
-    components = GaussianMixture(3, covariance_type="full", random_state=seed).fit(sample).predict(voxels)
+def best_naming(classes: np.ndarray, mask: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Class map (0 outside ``mask``) naming the 3 unsupervised ``classes`` (0, 1, 2 per voxel of ``mask``) CSF, GM
+    and WM by the permutation with the best mean Dice against ``label`` (class map 0..3)."""
     best, best_mean = None, -1.0
     for names in itertools.permutations((1, 2, 3)):
         pred = np.zeros(mask.shape, dtype=np.uint8)
-        pred[mask > 0] = np.asarray(names, dtype=np.uint8)[components]
+        pred[mask > 0] = np.asarray(names, dtype=np.uint8)[classes]
         mean = float(np.mean(tissue_dice(pred, label)))
         if mean > best_mean:
             best, best_mean = pred, mean
     return best
 
 
-def gmm(sets=None, work_dir: str = WORK_DIR, tag: str = "gmm") -> None:
-    """Score the 3-class Gaussian mixture (inside the true brain mask, best naming) on ``sets`` (default: all)."""
+def gmm_segment(image: np.ndarray, mask: np.ndarray, label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 3-class Gaussian mixture of ``image`` (C, ...) inside ``mask``, named by ``best_naming``."""
+    from sklearn.mixture import GaussianMixture
+
+    voxels = image[:, mask > 0].T.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    sample = voxels[rng.choice(len(voxels), min(len(voxels), 200_000), replace=False)]
+    components = GaussianMixture(3, covariance_type="full", random_state=seed).fit(sample).predict(voxels)
+    return best_naming(components, mask, label)
+
+
+def atropos_segment(image: np.ndarray, mask: np.ndarray, label: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """ANTs Atropos (antspyx) of ``image`` (C, ...) inside ``mask``: 3 classes from a k-means initialisation, a Markov
+    random field of weight 0.1 over the 26 neighbours, 5 iterations; named by ``best_naming``."""
+    import ants
+
+    channels = [ants.from_numpy(np.ascontiguousarray(c, dtype=np.float32), spacing=tuple(spacing)) for c in image]
+    brain = ants.from_numpy((mask > 0).astype(np.float32), spacing=tuple(spacing))
+    result = ants.atropos(a=channels if len(channels) > 1 else channels[0], x=brain, i="kmeans[3]",
+                          m="[0.1,1x1x1]", c="[5,0]")  # fmt: skip
+    classes = result["segmentation"].numpy()[mask > 0].astype(np.int64) - 1  # Atropos labels 1..3 inside the mask
+    return best_naming(classes, mask, label)
+
+
+def _baseline(segment, sets, work_dir: str, tag: str) -> None:
+    """Score ``segment(image, mask, label, spacing)`` on ``sets`` (default: all) under ``tag``."""
     work = Path(work_dir).resolve()
     for name in sets or list(SETS):
         scenario, modalities = SETS[name]
@@ -153,8 +174,19 @@ def gmm(sets=None, work_dir: str = WORK_DIR, tag: str = "gmm") -> None:
         for e in entries:
             image = np.stack([_load(e[m]) for m in modalities])
             label = _load(e["label"])
-            dice.append(tissue_dice(gmm_segment(image, _load(e["mask"]), label), label))
+            spacing = tuple(float(z) for z in nib.load(e[modalities[0]]).header.get_zooms()[:3])
+            dice.append(tissue_dice(segment(image, _load(e["mask"]), label, spacing), label))
         _store(work, tag, name, _record(np.array(dice), modalities=list(modalities)))
+
+
+def gmm(sets=None, work_dir: str = WORK_DIR, tag: str = "gmm") -> None:
+    """Score the 3-class Gaussian mixture (inside the true brain mask, best naming) on ``sets`` (default: all)."""
+    _baseline(lambda image, mask, label, spacing: gmm_segment(image, mask, label), sets, work_dir, tag)
+
+
+def atropos(sets=None, work_dir: str = WORK_DIR, tag: str = "atropos") -> None:
+    """Score ANTs Atropos (inside the true brain mask, best naming; needs antspyx) on ``sets`` (default: all)."""
+    _baseline(atropos_segment, sets, work_dir, tag)
 
 
 def report(results_file: str = f"{WORK_DIR}/results.json") -> str:
@@ -174,4 +206,4 @@ def report(results_file: str = f"{WORK_DIR}/results.json") -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "gmm": gmm, "report": report})
+    fire.Fire({"run": run, "gmm": gmm, "atropos": atropos, "report": report})
