@@ -361,7 +361,7 @@ def test_resume_without_or_with_a_corrupt_last_checkpoint(tmp_path):
 def test_resume_of_a_finished_run_is_refused_and_a_longer_schedule_continues_it(tmp_path):
     from ignite.engine import Engine
 
-    from scripts.checkpoint import resume
+    from scripts.checkpoint import check_resumable, resume
 
     finished = Engine(lambda e, b: None)
     finished.run(range(2), max_epochs=3)  # 3 epochs of 2 iterations
@@ -374,9 +374,33 @@ def test_resume_of_a_finished_run_is_refused_and_a_longer_schedule_continues_it(
 
     with pytest.raises(InputError, match=r"finished run \(all 3 epochs, iteration 6\): nothing to resume"):
         resume(fresh(3), {}, tmp_path / "last.pt")
+    with pytest.raises(InputError, match=r"finished run \(all 3 epochs, iteration 6\): nothing to resume"):
+        check_resumable(tmp_path / "last.pt", 3)  # from the file alone, before any data is read
+    with pytest.raises(InputError, match=r"is at epoch 3, beyond --schedule#epochs 2"):
+        check_resumable(tmp_path / "last.pt", 2)
+    check_resumable(tmp_path / "last.pt", 5)
     longer = fresh(5)
     assert resume(longer, {}, tmp_path / "last.pt") == 6
     assert (longer.state.epoch, longer.state.max_epochs) == (3, 5)
+    with pytest.raises(MissingInputError, match="nothing to resume"):
+        check_resumable(tmp_path / "other.pt", 5)
+
+
+def test_training_refuses_to_resume_a_finished_run_before_reading_any_data(bundle_root, tmp_path):
+    """train.yaml's run checks last.pt first: the finished run is named although the dataset folder does not exist
+    (read any earlier, it would be the error)."""
+    from ignite.engine import Engine
+
+    finished = Engine(lambda e, b: None)
+    finished.run(range(2), max_epochs=2)
+    (tmp_path / "models").mkdir()
+    torch.save({"trainer": finished.state_dict()}, tmp_path / "models" / "last.pt")
+    lines = _bundle_fails(
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(tmp_path / "missing"),
+        "--dataset_format", "folder", "--iterations", "4", "--schedule#epoch_length", "2", "--resume", "true",
+        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert "last.pt is a finished run (all 2 epochs, iteration 4): nothing to resume" in lines[-1], lines[-1]
 
 
 def test_input_error_found_in_the_chain():
