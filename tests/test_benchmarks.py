@@ -139,3 +139,22 @@ def test_card_commands_reads_the_commands_a_user_would_type():
     evaluating = "python -m monai.bundle run evaluating --config_file \"['configs/train.yaml','configs/evaluate.yaml']\""
     assert prepare(evaluating, {})[-1] == "['configs/train.yaml','configs/evaluate.yaml']"
     assert "--nproc_per_node=2" in prepare("torchrun --standalone --nproc_per_node=N -m monai.bundle run training", {})
+
+
+def test_bn_recalibration_averages_the_statistics_of_every_volume_and_keeps_the_weights():
+    """``tools.bn_recalibration.recalibrate``: the running statistics become the plain average over the volumes of
+    their batch statistics (means 1 and 3; unbiased variances 0 and 16 / 5 of [1, 1, 3, 3, 5, 5]), whatever they were
+    before; the affine weights stay, and the network is left in evaluation mode."""
+    import torch
+
+    from tools.bn_recalibration import recalibrate
+
+    network = torch.nn.Sequential(torch.nn.BatchNorm3d(1))
+    network[0].running_mean.fill_(10.0)
+    weight = network[0].weight.detach().clone()
+    first = torch.ones(1, 1, 2, 2)  # (C, D, H, W)
+    second = torch.tensor([1.0, 1.0, 3.0, 3.0, 5.0, 5.0]).view(1, 1, 2, 3)
+    assert recalibrate(network, [first, second]) == 2
+    assert torch.allclose(network[0].running_mean, torch.tensor([2.0]))
+    assert torch.allclose(network[0].running_var, torch.tensor([(0.0 + 16 / 5) / 2]))
+    assert torch.equal(network[0].weight, weight) and not network.training

@@ -144,15 +144,25 @@ def _bundle(run_id: str, configs: list[str], args: list[str], log: Path) -> floa
     return _command(cmd, log)
 
 
-def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
+def bundle_arguments(run_dir: Path, variant: str, settings: dict, n: int, seed: int, ckpt_dir=None):
+    """``(config files, command-line overrides)`` of a variant's run in ``run_dir`` (its checkpoints in ``ckpt_dir``,
+    default ``run_dir/models``)."""
     configs, options = VARIANTS[variant]
-    configs = ["configs/train.yaml", *configs]
     args = _overrides({**settings, **options, "num_labeled": n, "seed": seed, "output_dir": str(run_dir / "runs"),
-                       "ckpt_dir": str(run_dir / "models")})  # fmt: skip
+                       "ckpt_dir": str(ckpt_dir or run_dir / "models")})  # fmt: skip
+    return ["configs/train.yaml", *configs], args
+
+
+def evaluate(configs: list[str], args: list[str], eval_dir: Path, log: Path) -> dict:
+    """``run evaluating`` of a run's checkpoint into ``eval_dir``; its summary (``summary.json``)."""
+    _bundle("evaluating", [*configs, "configs/evaluate.yaml"], [*args, "--eval_dir", json.dumps(str(eval_dir))], log)
+    return json.loads((eval_dir / "summary.json").read_text())
+
+
+def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
+    configs, args = bundle_arguments(run_dir, variant, settings, n, seed)
     train_s = _bundle("training", configs, args, run_dir / "train.log")
-    _bundle("evaluating", [*configs, "configs/evaluate.yaml"],
-            [*args, "--eval_dir", json.dumps(str(run_dir / "eval"))], run_dir / "eval.log")  # fmt: skip
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    summary = evaluate(configs, args, run_dir / "eval", run_dir / "eval.log")
     return {
         "train_seconds": round(train_s, 1),
         "best_iteration": best_iteration(run_dir / "train.log", settings["schedule#epoch_length"]),
@@ -194,14 +204,7 @@ def run(
     work = Path(work_dir).resolve() / profile
     work.mkdir(parents=True, exist_ok=True)
     results_path = work / "results.json"
-    if profile == "anatomy":
-        dataset_dir = Path(dataset_dir or BUNDLE_ROOT / "data" / "anatomy_cohort").resolve()
-        _render_anatomy(dataset_dir)
-        settings = {**PROFILES[profile], "dataset_format": "anatomy", "dataset_dir": str(dataset_dir)}
-    else:
-        settings = {**COMMON, **PROFILES[profile], "dataset_format": "phantom",
-                    "dataset_dir": str(Path(dataset_dir or BUNDLE_ROOT / "data" / "cohort").resolve()),
-                    "data#phantom": PHANTOM}  # fmt: skip
+    settings = profile_settings(profile, dataset_dir)
     for seed in seeds:
         for n in labelled:
             for variant in variants:
@@ -224,6 +227,17 @@ def run(
                 write_json(results_path, results)
     report(profile, work_dir, docs_dir)
     return results
+
+
+def profile_settings(profile: str, dataset_dir=None) -> dict:
+    """The overrides every run of ``profile`` shares, its dataset rendered first for ``anatomy``."""
+    if profile == "anatomy":
+        dataset_dir = Path(dataset_dir or BUNDLE_ROOT / "data" / "anatomy_cohort").resolve()
+        _render_anatomy(dataset_dir)
+        return {**PROFILES[profile], "dataset_format": "anatomy", "dataset_dir": str(dataset_dir)}
+    return {**COMMON, **PROFILES[profile], "dataset_format": "phantom",
+            "dataset_dir": str(Path(dataset_dir or BUNDLE_ROOT / "data" / "cohort").resolve()),
+            "data#phantom": PHANTOM}  # fmt: skip
 
 
 def _read_results(path: Path) -> list[dict]:
