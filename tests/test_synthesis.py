@@ -141,7 +141,8 @@ def _box_centre(mask):
 @pytest.mark.parametrize("copy_source", [False, True])
 def test_outputs_land_on_the_label_grid(bundle_root, data, tmp_path, monkeypatch, copy_source):
     """LPS, anisotropic NIfTI label map (codes 0..3), source of another size and orientation: the tissue oracle's
-    output matches the label map voxel by voxel, and the copied source brain is centred on the label map's brain."""
+    output matches the label map voxel by voxel, and the copied source brain is centred on the label map's brain
+    (given with its brain mask, which travels with the source to the k-means clusters on the source's grid)."""
     label = np.zeros((36, 30, 16), np.uint8)
     label[4:32, 4:26, 3:13] = 1
     label[8:28, 8:20, 4:11] = 2
@@ -150,8 +151,12 @@ def test_outputs_land_on_the_label_grid(bundle_root, data, tmp_path, monkeypatch
     affine[:3, 3] = [30.0, 20.0, -10.0]
     nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "case07_label.nii.gz"))
     monkeypatch.chdir(bundle_root)
+    t1 = nib.load(str(data / "sources" / "subject-1-T1.hdr"))
+    mask = tmp_path / "subject-1-mask.nii.gz"
+    nib.save(nib.Nifti1Image((np.asarray(t1.dataobj) > 0).astype(np.uint8), t1.affine), str(mask))
     run(
         "synthesize",
+        mask_files=[str(mask)] if copy_source else None,
         config_file="configs/synthesize.yaml",
         label_files=[str(tmp_path / "case07_label.nii.gz")],
         source_files=[str(data / "sources" / f"subject-1-{m}.hdr") for m in ("T1", "T2")],  # flat: one source
@@ -224,6 +229,24 @@ def test_source_statistics_from_clusters_need_no_segmenter():
     assert SynthesisInputs(0, None, in_channels=2)({"image": image, "label": label[None, None]})[3]["source_stats"] is None
 
 
+def test_clusters_of_a_whole_head_source_stay_inside_its_brain_mask():
+    """A bright scalp shell around the layered brain: without the batch's ``mask`` k-means clusters it with the
+    tissues and the statistics move; with the mask they are the true tissues' again."""
+    from test_transforms import _layered_brain
+
+    mri, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
+    radius = torch.stack(torch.meshgrid(*[torch.arange(32.0) - 16] * 3, indexing="ij")).norm(dim=0)
+    mri[:, (radius >= 15) & (radius < 16)] = 0.95  # scalp
+    image = torch.cat([mri, tissue_onehot(label[None, None], 4)[0]])[None]
+    batch = {"image": image, "label": label[None, None]}
+    expected = class_intensity_statistics(mri[None], tissue_onehot(label[None, None], 4))[:2]
+    inputs = SynthesisInputs(0, None, in_channels=2, clusters=True)
+    head = inputs(batch)[3]["source_stats"]
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(head, expected))
+    brain = inputs({**batch, "mask": (label > 0)[None, None].float()})[3]["source_stats"]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(brain, expected))
+
+
 def test_pairs_names_and_checks(tmp_path):
     files = {}
     for name in ("subject-1-label", "subject-12-T1", "subject-12-T2"):
@@ -237,6 +260,16 @@ def test_pairs_names_and_checks(tmp_path):
     assert synthesis_pairs(files["subject-1-label"], source, ["t1", "t2"], tmp_path / "out") == entries
     with pytest.raises(ValueError, match="has 1 files but modalities"):
         synthesis_pairs([files["subject-1-label"]], [[source[0]]], ["t1", "t2"], tmp_path / "out")
+    mask = tmp_path / "subject-12-mask.nii.gz"
+    mask.touch()
+    with_mask = synthesis_pairs([files["subject-1-label"]], [source], ["t1", "t2"], tmp_path / "out",
+                                mask_files=[str(mask)])  # fmt: skip
+    assert with_mask == [{**entries[0], "mask": str(mask)}]
+    with pytest.raises(ValueError, match="got 1 sources but 2 brain masks"):
+        synthesis_pairs([files["subject-1-label"]], [source], ["t1", "t2"], tmp_path / "out", mask_files=[mask, mask])
+    with pytest.raises(FileNotFoundError, match="nope-mask.nii.gz not found"):
+        synthesis_pairs([files["subject-1-label"]], [source], ["t1", "t2"], tmp_path / "out",
+                        mask_files=str(tmp_path / "nope-mask.nii.gz"))  # fmt: skip
     (tmp_path / "subject-12-T2.img").unlink()
     with pytest.raises(FileNotFoundError, match="subject-12-T2.hdr has no subject-12-T2.img"):
         synthesis_pairs([files["subject-1-label"]], [source], ["t1", "t2"], tmp_path / "out")

@@ -25,7 +25,7 @@ from .checks import InputError, MissingInputError, OutputExistsError, OutputInIn
 from .networks.generators import class_intensity_statistics, tissue_onehot
 from .transforms import tissue_clusters
 
-_RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred")
+_RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred", "mask")
 _EXTENSIONS = (".nii.gz", ".nii", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".gz")
 # file-name endings naming a modality or a label map (iSEG, MRBrainS13/18), stripped to get the subject id
 _ROLE_NAMES = ("label", "labels", "seg", "segm", "labelsfortraining", "labelsfortesting", "t1", "t2", "t1_ir",
@@ -34,14 +34,15 @@ _ROLE_NAMES = ("label", "labels", "seg", "segm", "labelsfortraining", "labelsfor
 
 def synthesis_pairs(
     label_files, source_files, modalities: Sequence[str], output_dir, overwrite=False, postfix: str = "synth",
-    ext: str = ".nii.gz",
+    ext: str = ".nii.gz", mask_files=None,
 ) -> list[dict]:  # fmt: skip
     """Datalist ``{"subject": "<label subject>_from_<source subject>", "label": path, <modality>: path, ...}``.
 
     ``label_files``: label map paths; ``source_files``: one list of ``len(modalities)`` files (in the order of
-    ``modalities``) per label map, or a single one used for every label map. Raises a one-line error naming the
-    file on a missing input, a count mismatch, two pairs with the same output, an output that is an input, or an
-    existing output when ``overwrite`` is false. Outputs are ``<output_dir>/<subject>_<postfix><ext>``.
+    ``modalities``) per label map, or a single one used for every label map; ``mask_files`` (optional): the brain
+    mask of each source, or a single one, added as ``"mask"``. Raises a one-line error naming the file on a missing
+    input, a count mismatch, two pairs with the same output, an output that is an input, or an existing output when
+    ``overwrite`` is false. Outputs are ``<output_dir>/<subject>_<postfix><ext>``.
     """
     modalities = [str(m) for m in modalities]
     clash = sorted(set(modalities) & set(_RESERVED_KEYS))
@@ -61,13 +62,20 @@ def synthesis_pairs(
                 f"source {i + 1} {[str(p) for p in source]} has {len(source)} files but modalities {modalities} "
                 f"need {len(modalities)}, in that order"
             )
-    inputs = [*labels, *(p for s in sources for p in s)]
+    masks = None
+    if mask_files is not None and mask_files != []:
+        masks = _as_paths(mask_files, "--mask_files", "['/data/subject-12-brainmask.nii.gz']")
+        if len(masks) != len(sources):
+            raise InputError(f"got {len(sources)} sources but {len(masks)} brain masks: give one mask per source, "
+                             "in the order of --source_files")
+    inputs = [*labels, *(p for s in sources for p in s), *(masks or [])]
     for path in inputs:
         _check_readable(path)
     out_dir = Path(output_dir).expanduser().absolute()
     entries, outputs = [], {}
     for i, label in enumerate(labels):
-        source = sources[0] if len(sources) == 1 else sources[i]
+        j = 0 if len(sources) == 1 else i
+        source = sources[j]
         subject = f"{subject_id(label)}_from_{subject_id(source[0])}"
         out = out_dir / f"{subject}_{postfix}{ext}"
         if out in outputs:
@@ -77,7 +85,8 @@ def synthesis_pairs(
             raise OutputInInputFolderError(f"output {out} would overwrite an input file; choose another --output_dir")
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} already exists; pass --overwrite true to replace it, or another --output_dir")
-        entries.append({"subject": subject, "label": str(label), **{m: str(p) for m, p in zip(modalities, source)}})
+        entries.append({"subject": subject, "label": str(label), **{m: str(p) for m, p in zip(modalities, source)},
+                        **({"mask": str(masks[j])} if masks else {})})  # fmt: skip
     return entries
 
 
@@ -138,8 +147,8 @@ class FitToReferenced(MapTransform):
     With both cropped to their foreground first, this lays the source brain's box centred on the label map's box.
     """
 
-    def __init__(self, keys: KeysCollection, ref_key: str = "label", value: float = -1.0):
-        super().__init__(keys)
+    def __init__(self, keys: KeysCollection, ref_key: str = "label", value: float = -1.0, allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
         self.ref_key, self.value = ref_key, value
 
     def __call__(self, data: Mapping[Hashable, Tensor]) -> dict[Hashable, Tensor]:
@@ -184,7 +193,8 @@ class SynthesisInputs(PrepareBatch):
     keyword arguments for every window ``noise``, one N(0, 1) vector of ``noise_dim`` per volume drawn on the CPU
     with torch's seeded generator, and for a ``source_statistics`` generator the ``source_stats`` of the whole source
     volume: the class-wise intensity statistics under a ``segmenter``'s probabilities, or with ``clusters`` under
-    its ``tissue_clusters`` (what training pools over a subject's patches, ``gan#source_classes``)."""
+    its ``tissue_clusters`` (what training pools over a subject's patches, ``gan#source_classes``), inside the
+    batch's brain ``mask`` when it has one."""
 
     def __init__(self, noise_dim: int, segmenter: nn.Module | None = None, in_channels: int = 1,
                  roi_size=(96, 96, 96), clusters: bool = False):  # fmt: skip
@@ -198,7 +208,9 @@ class SynthesisInputs(PrepareBatch):
         stats = None
         if self.clusters:
             source = image[:, : self.in_channels]
-            classes = torch.stack([tissue_clusters(s.cpu()) for s in source]).to(source.device)
+            masks = batchdata.get("mask", [None] * len(source))
+            classes = torch.stack([tissue_clusters(s.cpu(), mask=None if m is None else torch.as_tensor(m).cpu())
+                                   for s, m in zip(source, masks)]).to(source.device)  # fmt: skip
             stats = class_intensity_statistics(source, tissue_onehot(classes))[:2]
         elif self.segmenter is not None:
             source = image[:, : self.in_channels]
