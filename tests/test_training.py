@@ -259,6 +259,43 @@ def test_fake_augmentation_biases_the_signal_above_the_background(bundle_root, a
     assert 0.5 < field.min() < field.max() < 2.0 and field.std() > 1e-3
 
 
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_ema_is_what_validation_and_model_pt_see(bundle_root, momentum):
+    """segmenter#ema_momentum: ignite's EMAHandler's average is the validated network, the best checkpoint's and a
+    part of last.pt; off (null, the default), the trained network is, and there is no average."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "segmenter#ema_momentum": momentum})
+    network, ema = parser.get_parsed_content("network"), parser.get_parsed_content("ema")
+    validated = parser.get_parsed_content("validate#network")
+    best = next(i for i, h in enumerate(parser["validate"]["handlers"]) if h.get("path", "").endswith("model.pt'"))
+    saved = parser.get_parsed_content(f"validate#handlers#{best}#obj").module
+    kept = parser.get_parsed_content("checkpoint#objects#ema")
+    if momentum is None:
+        assert ema is None and kept is None and validated is network and saved is network
+    else:
+        assert validated is ema.ema_model and saved is validated and kept is validated and validated is not network
+        assert ema.momentum == momentum and ema.handle_buffers == "update"
+
+
+def test_ema_run_saves_the_average_as_model_pt(bundle_root, tmp_path):
+    """A run with segmenter#ema_momentum validated once, at its end: model.pt holds the average (last.pt's ``ema``),
+    not the trained weights (last.pt's ``network``)."""
+    _bundle(
+        bundle_root, "training", "--config_file", "configs/train.yaml", "--schedule#epochs", "2",
+        "--schedule#epoch_length", "2", "--gan#warmup_iterations", "1", "--schedule#val_interval", "5", *TINY,
+        "--segmenter#ema_momentum", "0.5", "--dataset_dir", str(tmp_path / "phantom"),
+        "--output_dir", str(tmp_path / "runs"), "--ckpt_dir", str(tmp_path / "models"),
+    )  # fmt: skip
+    last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(model) == set(last["ema"]) == set(last["network"])
+    assert all(torch.equal(model[k], last["ema"][k]) for k in model)
+    assert not all(torch.equal(model[k], last["network"][k]) for k in model)
+
+
 def test_init_ckpt_starts_the_segmenter_from_given_weights(bundle_root, tmp_path):
     """--init_ckpt loads a model.pt into the segmenter before training: with a learning rate of 0 its convolutions
     come out as they went in (batch-norm running statistics still move)."""
