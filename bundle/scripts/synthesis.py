@@ -39,8 +39,8 @@ def synthesis_pairs(
     """Datalist ``{"subject": "<label subject>_from_<source subject>", "label": path, <modality>: path, ...}``.
 
     ``label_files``: label map paths; ``source_files``: one list of ``len(modalities)`` files (in the order of
-    ``modalities``) per label map, or a single one used for every label map; ``mask_files`` (optional): the brain
-    mask of each source, or a single one, added as ``"mask"``. Raises a one-line error naming the file on a missing
+    ``modalities``) per label map, or a single one used for every label map; ``mask_files`` (optional): one brain
+    mask per source, in their order, added as ``"mask"``. Raises a one-line error naming the file on a missing
     input, a count mismatch, two pairs with the same output, an output that is an input, or an existing output when
     ``overwrite`` is false. Outputs are ``<output_dir>/<subject>_<postfix><ext>``.
     """
