@@ -57,6 +57,8 @@ _SEGMENTER = {"gan#source_statistics": True, "gan#source_classes": "segmenter"}
 _DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "patches#tissue_shift_prob": 0.5, "gan#generator_interval": 2,
                 "gan#generator_start_iterations": "@gan#warmup_iterations"}  # fmt: skip
 _CHEAP_GAN = {**_DEFAULT_080, "data#intensity_gap": 0.5, "gan#fake_patches": 2, "gan#reconstruction_patches": 2}
+_SUPERVISED_GAP = {"patches#tissue_shift_prob": 0.5, "data#intensity_gap": 0.5}
+_EMA = {"segmenter#ema_momentum": 0.01}
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
     "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0}),
     "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
@@ -73,13 +75,19 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_clusters_shift_cheap": ([], _DEFAULT_080),  # 0.8.0's default
     "mri_gan_gap": ([], {**_DEFAULT_080, "data#intensity_gap": 0.5}),  # 0.10.0's default
     # the default's baseline
-    "supervised_gap": (["configs/supervised.yaml"], {"patches#tissue_shift_prob": 0.5, "data#intensity_gap": 0.5}),
+    "supervised_gap": (["configs/supervised.yaml"], _SUPERVISED_GAP),
     "mean_teacher_shift": (["configs/mean_teacher.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.5}),
     "plain_unet_gan_time": None,  # the plain baseline for the default MRI-GAN's wall time
     "plain_unet_gap_time": None,  # the same for 0.10.0's default
     "plain_unet_supervised_gap_time": None,  # the plain baseline for the default supervised run's wall time
     "mri_gan_cheap": ([], _CHEAP_GAN),  # 2 fakes and 2 reconstructions per iteration instead of 8 and 8
     "mri_gan_cheap_fake_aug": ([], {**_CHEAP_GAN, "gan#fake_augmentation": True}),
+    # the same two with the segmenter's exponential moving average validated and saved
+    "supervised_gap_ema": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA}),
+    "mri_gan_cheap_fake_aug_ema": ([], {**_CHEAP_GAN, "gan#fake_augmentation": True, **_EMA}),
+    # supervised with the EMA for about the augmented GAN's wall time (1.8x its iterations: 2029 s against 1115 s
+    # per run over the 0.16.0 seeds)
+    "supervised_gap_ema_gan_time": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA, "iterations": 1100}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -102,6 +110,9 @@ LABELS = {
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
     "mri_gan_cheap": "MRI-GAN, the default with 2 fakes and 2 reconstructions per iteration",
     "mri_gan_cheap_fake_aug": "MRI-GAN, the same, fakes with a bias field and the intensity augmentation",
+    "supervised_gap_ema": "Supervised, the default's preprocessing, weights averaged (EMA 0.01)",
+    "mri_gan_cheap_fake_aug_ema": "MRI-GAN, 2 fakes with a bias field and augmentation, weights averaged (EMA 0.01)",
+    "supervised_gap_ema_gan_time": "Supervised with weights averaged, 1100 iterations (the GAN's wall time)",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
