@@ -81,6 +81,21 @@ def test_evaluator_autocasts_to_the_trainers_dtype(bundle_root, monkeypatch, eva
     assert autocast_dtypes() == [{"dtype": torch.float16 if bf16 else torch.bfloat16}] * 2
 
 
+def test_evaluation_scores_the_checkpoint_as_saved_with_ema_momentum(bundle_root):
+    """A training run's overrides, segmenter#ema_momentum included, passed to evaluate.yaml: the evaluator scores the
+    network the checkpoint is loaded into (model.pt already holds the average), not a fresh average of random
+    weights (0.17.0's bug: Dice 0)."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / f) for f in ["train.yaml", "evaluate.yaml"]])
+    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "segmenter#ema_momentum": 0.01,
+                   "segmenter#features": [4, 8, 16, 32]})  # fmt: skip
+    loader = next(i for i, h in enumerate(parser["validate"]["handlers"]) if "load_dict" in h)
+    network = parser.get_parsed_content("network")
+    assert parser.get_parsed_content("ema") is None
+    assert parser.get_parsed_content("validate#network") is network
+    assert parser.get_parsed_content(f"validate#handlers#{loader}#load_dict#model") is network
+
+
 def test_dice_and_distances_match_hand_computation(bundle_root, tmp_path):
     pred, label = _masks()
     engine = _run_metrics(bundle_root, pred, label, spacing=[2.0, 2.0, 2.0], eval_dir=tmp_path)

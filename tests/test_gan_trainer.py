@@ -110,7 +110,7 @@ def test_fake_patches_renders_fewer_fakes_from_maps_of_the_batch(fakes, reconstr
     """``fake_patches`` of 4 labelled patches (MetaTensors, as collated; ``None``: all): that many fakes, each map
     one of the batch's, and every term of both steps computed on them (the fakes' source statistics too, from the
     segmenter or from the unlabelled batch's collated clusters map), beside ``reconstruction_patches``
-    reconstructions in the same generator pass (``None``: all, 1: ``fast.yaml``'s kind)."""
+    reconstructions in the same generator pass (``None``: all)."""
     trainer, net, gen = _trainer("mri", epoch_length=1, fake_patches=fakes, reconstruction_patches=reconstructions,
                                  flip_maps=False)  # fmt: skip
     g = torch.Generator().manual_seed(0)  # 4 labelled and 4 unlabelled patches, collated as a DataLoader does

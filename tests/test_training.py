@@ -218,24 +218,28 @@ def test_schedule_in_iterations_and_no_best_model_from_the_warmup(bundle_root, v
                                      lazy=False) == start  # fmt: skip
 
 
-@pytest.mark.parametrize("fast, patches", [(False, None), (True, 2)])
-def test_generator_idles_through_the_warmup_and_fast_reconstructs_fewer(bundle_root, fast, patches):
+@pytest.mark.parametrize("extra, paper", [([], False), (["fast.yaml"], False), (["paper_gan.yaml"], True)])
+def test_generator_idles_through_the_warmup_and_renders_two_fakes(bundle_root, extra, paper):
     """The default: G idle until the end of the warm-up (150 of 600 iterations), then updated every second
-    iteration; configs/fast.yaml also has G reconstruct 2 patches per iteration instead of all 8."""
+    iteration, rendering 2 augmented fakes and reconstructing 2 patches per iteration; configs/fast.yaml validates
+    every 3 epochs instead of 2; configs/paper_gan.yaml keeps one fake per labelled patch."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(bundle_root / "configs" / f) for f in ["train.yaml"] + (["fast.yaml"] if fast else [])])
+    parser.read_config([str(bundle_root / "configs" / f) for f in ["train.yaml", *extra]])
     parser["bundle_root"] = str(bundle_root)
     assert parser.get_parsed_content("train#trainer#generator_start", lazy=False) == 150
     assert parser.get_parsed_content("train#trainer#generator_interval", lazy=False) == 2
-    assert parser.get_parsed_content("train#trainer#reconstruction_patches", lazy=False) == patches
+    assert parser.get_parsed_content("train#trainer#reconstruction_patches", lazy=False) == 2
+    assert parser.get_parsed_content("train#trainer#fake_patches", lazy=False) == (None if paper else 2)
+    assert parser.get_parsed_content("train#trainer#fake_transform", lazy=False) is not None
+    assert parser.get_parsed_content("schedule#val_interval", lazy=False) == (3 if extra == ["fast.yaml"] else 2)
 
 
 @pytest.mark.parametrize("augment", [False, True])
 def test_fake_augmentation_biases_the_signal_above_the_background(bundle_root, augment):
     """gan#fake_augmentation: the trainer's fake_transform multiplies the signal above the background (-1) by a smooth
-    field, then runs its own copies of the real patches' intensity augmentation; off (the default), no transform."""
+    field, then runs its own copies of the real patches' intensity augmentation (the default); off, no transform."""
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 

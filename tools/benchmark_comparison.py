@@ -47,8 +47,11 @@ from tools import BUNDLE_ROOT, subprocess_env
 
 # Every variant states the settings it was measured with, so that a later change of train.yaml's defaults does not
 # change what an old variant means: no offsets, the generator from the start and at every iteration, (MRI-GAN) no
-# source statistics, and no intensity gap, unless the variant says otherwise.
-_BEFORE_0100 = {"data#intensity_gap": 0.0}
+# source statistics, no intensity gap, one fake and one reconstruction per labelled patch, the fakes not augmented
+# and no weight averaging, unless the variant says otherwise.
+_BEFORE_0170 = {"gan#fake_patches": None, "gan#reconstruction_patches": None, "gan#fake_augmentation": False,
+                "segmenter#ema_momentum": None}  # fmt: skip
+_BEFORE_0100 = {**_BEFORE_0170, "data#intensity_gap": 0.0}
 _BEFORE_080 = {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0,
                "gan#generator_interval": 1}  # fmt: skip
 _TRANSFER_040 = {**_BEFORE_080, "gan#source_statistics": False}
@@ -57,7 +60,7 @@ _SEGMENTER = {"gan#source_statistics": True, "gan#source_classes": "segmenter"}
 _DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "patches#tissue_shift_prob": 0.5, "gan#generator_interval": 2,
                 "gan#generator_start_iterations": "@gan#warmup_iterations"}  # fmt: skip
 _CHEAP_GAN = {**_DEFAULT_080, "data#intensity_gap": 0.5, "gan#fake_patches": 2, "gan#reconstruction_patches": 2}
-_SUPERVISED_GAP = {"patches#tissue_shift_prob": 0.5, "data#intensity_gap": 0.5}
+_SUPERVISED_GAP = {**_BEFORE_0170, "patches#tissue_shift_prob": 0.5, "data#intensity_gap": 0.5}
 _EMA = {"segmenter#ema_momentum": 0.01}
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
     "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0}),
