@@ -263,15 +263,17 @@ def test_fake_augmentation_biases_the_signal_above_the_background(bundle_root, a
     assert 0.5 < field.min() < field.max() < 2.0 and field.std() > 1e-3
 
 
-@pytest.mark.parametrize("momentum", [None, 0.5])
+@pytest.mark.parametrize("momentum", [None, 0.5, 0.01])
 def test_ema_is_what_validation_and_model_pt_see(bundle_root, momentum):
-    """segmenter#ema_momentum: ignite's EMAHandler's average is the validated network, the best checkpoint's and a
-    part of last.pt; off (null, the default), the trained network is, and there is no average."""
+    """segmenter#ema_momentum (0.01, the default): ignite's EMAHandler's average is the validated network, the best
+    checkpoint's and a part of last.pt; off (null), the trained network is, and there is no average."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle_root / "configs" / "train.yaml"))
-    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "segmenter#ema_momentum": momentum})
+    parser.update({"bundle_root": str(bundle_root), "device": "cpu"})
+    if momentum != 0.01:  # 0.01: train.yaml's own
+        parser["segmenter#ema_momentum"] = momentum
     network, ema = parser.get_parsed_content("network"), parser.get_parsed_content("ema")
     validated = parser.get_parsed_content("validate#network")
     best = next(i for i, h in enumerate(parser["validate"]["handlers"]) if h.get("path", "").endswith("model.pt'"))
