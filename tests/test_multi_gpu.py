@@ -31,13 +31,15 @@ from torch.nn.parallel import DistributedDataParallel
 from scripts.checkpoint import unwrap
 
 
-def save(path, trainer, train_handlers, val_handlers):
-    """Unwrapped weights, wrappers, handlers, data and last loss of this rank, to ``path-<rank>.pt``."""
-    nets = {"network": trainer.network, "generator": trainer.generator}
+def save(path, trainer, train_handlers, val_handlers, validated):
+    """Unwrapped weights (``validated``: the validated network's), wrappers, handlers, data and last loss of this
+    rank, to ``path-<rank>.pt``."""
+    nets = {"network": trainer.network, "generator": trainer.generator, "validated": validated}
     output = trainer.state.output
     torch.save({
         "pid": os.getpid(),
-        "wrapped": {k: isinstance(m, DistributedDataParallel) for k, m in nets.items() if m is not None},
+        "wrapped": {k: isinstance(m, DistributedDataParallel) for k, m in nets.items()
+                    if m is not None and k != "validated"},
         "state": {k: unwrap(m).state_dict() for k, m in nets.items() if m is not None},
         "train_handlers": [type(h).__name__ for h in train_handlers],
         "val_handlers": [type(h).__name__ for h in val_handlers or []],
@@ -56,7 +58,8 @@ def _torchrun(bundle_root, tmp, configs, *args):
     """Train with 2 processes on the CPU; return the probes of both ranks (initial, final) and the printed output."""
     (tmp / "ddp_probe.py").write_text(PROBE)
     probe = tmp / "probe.yaml"
-    save = "$ddp_probe.save('{}', @train#trainer, @train#trainer#train_handlers, @validate#evaluator#val_handlers)"
+    save = ("$ddp_probe.save('{}', @train#trainer, @train#trainer#train_handlers, @validate#evaluator#val_handlers, "
+            "@validate#network)")
     probe.write_text(textwrap.dedent(f"""\
         +initialize: ["$import ddp_probe", "{save.format(tmp / 'initial')}"]
         +run: ["{save.format(tmp / 'final')}"]
@@ -97,6 +100,11 @@ def _assert_same(a: dict, b: dict) -> None:
     assert not different, f"differ across ranks: {different[:5]}"
 
 
+def _parameters(state: dict) -> dict:
+    """A segmenter's or generator's state_dict without its batch-norm running statistics."""
+    return {k: t for k, t in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
 def _assert_trained(initial: dict, final: dict) -> None:
     """Training moved (nearly) every floating-point tensor of the state_dict."""
     floats = [k for k, t in final.items() if t.is_floating_point()]
@@ -112,11 +120,14 @@ def test_both_networks_are_wrapped_and_stay_identical(gan_run):
     # different data on each rank: its own training subject and its own random patches, hence other losses ...
     assert set(last[0]["subjects"]).isdisjoint(last[1]["subjects"])
     assert last[0]["loss"] != pytest.approx(last[1]["loss"], rel=1e-4)
-    # ... yet bitwise identical weights (parameters and, after the final validation, batch-norm statistics)
+    # ... yet bitwise identical parameters (DDP broadcasts each rank's batch-norm statistics at the next forward pass
+    # only), and one validated network (the weight average, its statistics averaged over the ranks)
     for net in ("network", "generator"):
-        _assert_same(last[0]["state"][net], last[1]["state"][net])
+        _assert_same(_parameters(last[0]["state"][net]), _parameters(last[1]["state"][net]))
         _assert_same(first[0]["state"][net], first[1]["state"][net])  # DDP broadcast rank 0's initial weights
         _assert_trained(first[0]["state"][net], last[0]["state"][net])
+    _assert_same(last[0]["state"]["validated"], last[1]["state"]["validated"])
+    _assert_trained(first[0]["state"]["network"], last[0]["state"]["validated"])
 
 
 def test_only_rank_zero_writes_and_logs(gan_run):
@@ -149,5 +160,6 @@ def test_supervised_baseline(bundle_root, data_dir, tmp_path):
     probes, _ = _torchrun(bundle_root, tmp_path, configs, "--schedule#epochs", "1", *dirs)
     last = probes["final"]
     assert last[0]["wrapped"] == last[1]["wrapped"] == {"network": True}
-    _assert_same(last[0]["state"]["network"], last[1]["state"]["network"])
+    _assert_same(_parameters(last[0]["state"]["network"]), _parameters(last[1]["state"]["network"]))
+    _assert_same(last[0]["state"]["validated"], last[1]["state"]["validated"])
     _assert_trained(probes["initial"][0]["state"]["network"], last[0]["state"]["network"])

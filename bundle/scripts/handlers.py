@@ -86,6 +86,10 @@ class FinalValidation(ValidationHandler):
     ``start_iteration``: no validation (so no best checkpoint) until the trainer has passed that iteration, except
     the final one. A GAN run sets it to the end of its labelled-only warm-up, so that its saved model is one that
     trained with the GAN's terms, not a supervised model from the warm-up.
+
+    In a distributed run the validated network's floating-point buffers are first averaged over the processes: the
+    weight average (``segmenter#ema_momentum``) is no DistributedDataParallel module, so its batch-norm statistics
+    are each process's own, and every process must validate (and rank 0 save) one and the same network.
     """
 
     def __init__(self, *args, start_iteration: int = 0, **kwargs):
@@ -98,11 +102,19 @@ class FinalValidation(ValidationHandler):
 
     def __call__(self, engine: Engine) -> None:
         if engine.state.iteration > self.start_iteration:
-            super().__call__(engine)
+            self._validate(engine)
 
     def _after_last_epoch(self, engine: Engine) -> None:
         if engine.state.epoch % self.interval or engine.state.iteration <= self.start_iteration:
-            super().__call__(engine)
+            self._validate(engine)
+
+    def _validate(self, engine: Engine) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.validator.network.buffers():
+                if buffer.is_floating_point():
+                    dist.all_reduce(buffer)
+                    buffer.div_(dist.get_world_size())
+        super().__call__(engine)
 
 
 class BestValidation:
