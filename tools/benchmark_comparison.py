@@ -106,15 +106,15 @@ LABELS = {
     "mri_gan_clusters": "MRI-GAN, tissue transfer with the source's k-means tissue statistics",
     "mri_gan_clusters_shift": "MRI-GAN, k-means tissue statistics, tissue intensities shifted at random",
     "mri_gan_clusters_shift_cheap": "MRI-GAN, 0.8.0's default (the same, G idle in the warm-up, then every second iteration)",
-    "mri_gan_gap": "MRI-GAN, the default (the same, brain intensities 0.5 above the background)",
-    "plain_unet_gap_time": "Plain UNet (the default MRI-GAN's wall time)",
-    "plain_unet_supervised_gap_time": "Plain UNet (the default supervised run's wall time)",
+    "mri_gan_gap": "MRI-GAN, 0.10.0-0.16.0's default (the same, brain intensities 0.5 above the background)",
+    "plain_unet_gap_time": "Plain UNet (0.16.0's default MRI-GAN's wall time)",
+    "plain_unet_supervised_gap_time": "Plain UNet (0.16.0's default supervised run's wall time)",
     "supervised_gap": "Supervised, the default's preprocessing (tissue offsets, intensity gap)",
     "mean_teacher_shift": "Mean teacher, tissue intensities shifted at random",
-    "mri_gan_cheap": "MRI-GAN, the default with 2 fakes and 2 reconstructions per iteration",
+    "mri_gan_cheap": "MRI-GAN, 0.16.0's default with 2 fakes and 2 reconstructions per iteration",
     "mri_gan_cheap_fake_aug": "MRI-GAN, the same, fakes with a bias field and the intensity augmentation",
-    "supervised_gap_ema": "Supervised, the default's preprocessing, weights averaged (EMA 0.01)",
-    "mri_gan_cheap_fake_aug_ema": "MRI-GAN, 2 fakes with a bias field and augmentation, weights averaged (EMA 0.01)",
+    "supervised_gap_ema": "Supervised, 0.17.0's default: the GAN's preprocessing, weights averaged (EMA 0.01)",
+    "mri_gan_cheap_fake_aug_ema": "MRI-GAN, 0.17.0's default: 2 augmented fakes, weights averaged (EMA 0.01)",
     "supervised_gap_ema_gan_time": "Supervised with weights averaged, 1100 iterations (the GAN's wall time)",
 }  # fmt: skip
 PROFILES = {
@@ -347,7 +347,7 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
     import matplotlib.pyplot as plt
 
     labelled = sorted({r["num_labeled"] for r in rows})
-    fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), 3 + 0.25 * len(rows)), sharey=True)
     present = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
     for ax, tissue in zip(axes, [*TISSUES, "mean"]):
         for i, variant in enumerate(present):
@@ -364,10 +364,10 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test Dice (mean ± sd over seeds)")
     handles, names = axes[0].get_legend_handles_labels()  # below the panels, clear of every curve
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 2), fontsize=7)
     cohort = "Real-anatomy cohort (held-out maps)" if profile == "anatomy" else "Phantom cohort"
     fig.suptitle(f"{cohort}, test Dice, {profile} profile")
-    fig.tight_layout(rect=(0, 0.06 * -(-len(names) // 4) + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 * -(-len(names) // 2) + 0.02, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
