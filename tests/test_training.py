@@ -236,6 +236,17 @@ def test_generator_idles_through_the_warmup_and_renders_two_fakes(bundle_root, e
     assert parser.get_parsed_content("schedule#val_interval", lazy=False) == (3 if extra == ["fast.yaml"] else 2)
 
 
+def test_null_from_the_command_line_means_one_fake_per_patch_and_every_reconstruction(bundle_root):
+    """``--gan#fake_patches null --gan#reconstruction_patches null``, which fire passes as strings, mean None."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))
+    parser.update({"bundle_root": str(bundle_root), "gan#fake_patches": "null", "gan#reconstruction_patches": "null"})
+    assert parser.get_parsed_content("train#trainer#fake_patches", lazy=False) is None
+    assert parser.get_parsed_content("train#trainer#reconstruction_patches", lazy=False) is None
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_fake_augmentation_biases_the_signal_above_the_background(bundle_root, augment):
     """gan#fake_augmentation: the trainer's fake_transform multiplies the signal above the background (-1) by a smooth
@@ -263,10 +274,11 @@ def test_fake_augmentation_biases_the_signal_above_the_background(bundle_root, a
     assert 0.5 < field.min() < field.max() < 2.0 and field.std() > 1e-3
 
 
-@pytest.mark.parametrize("momentum", [None, 0.5, 0.01])
+@pytest.mark.parametrize("momentum", [None, "null", 0.5, 0.01])
 def test_ema_is_what_validation_and_model_pt_see(bundle_root, momentum):
     """segmenter#ema_momentum (0.01, the default): ignite's EMAHandler's average is the validated network, the best
-    checkpoint's and a part of last.pt; off (null), the trained network is, and there is no average."""
+    checkpoint's and a part of last.pt; off (null, or ``--segmenter#ema_momentum null``, which fire passes as the
+    string), the trained network is, and there is no average."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -279,7 +291,7 @@ def test_ema_is_what_validation_and_model_pt_see(bundle_root, momentum):
     best = next(i for i, h in enumerate(parser["validate"]["handlers"]) if h.get("path", "").endswith("model.pt'"))
     saved = parser.get_parsed_content(f"validate#handlers#{best}#obj").module
     kept = parser.get_parsed_content("checkpoint#objects#ema")
-    if momentum is None:
+    if momentum in (None, "null"):
         assert ema is None and kept is None and validated is network and saved is network
     else:
         assert validated is ema.ema_model and saved is validated and kept is validated and validated is not network

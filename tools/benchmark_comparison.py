@@ -138,7 +138,9 @@ WORK_DIR, DOCS_DIR = str(BUNDLE_ROOT / "runs" / "comparison"), str(BUNDLE_ROOT /
 
 
 def _overrides(values: dict) -> list[str]:
-    return [a for k, v in values.items() for a in (f"--{k}", json.dumps(v))]
+    """``--id value`` pairs that ``monai.bundle``'s command line (``fire``) parses back to ``values``: Python literals,
+    since ``fire`` reads JSON's ``null``, ``true`` and ``false`` as strings."""
+    return [a for k, v in values.items() for a in (f"--{k}", repr(v))]
 
 
 def _command(cmd: list[str], log: Path) -> float:

@@ -321,6 +321,15 @@ def check_outputs(
 # ------------------------------------------------------------------------------------------- command-line flags
 
 
+def as_optional(value):
+    """A setting whose ``null`` means "off", as given on the ``monai.bundle`` command line: ``fire`` passes
+    ``--key null`` as the string ``'null'`` (``None`` only for ``--key None``), so ``null``/``none`` strings (any case,
+    surrounding spaces ignored) become ``None``; other values pass unchanged."""
+    if isinstance(value, str) and value.strip().lower() in ("null", "none"):
+        return None
+    return value
+
+
 def as_bool(value) -> bool:
     """A flag given on the ``monai.bundle`` command line, as a bool. ``fire`` passes ``--flag false`` as the string
     ``'false'``, which Python counts as true, so ``true/false/yes/no/1/0`` strings (any case, surrounding spaces

@@ -10,7 +10,7 @@ import time
 from collections import deque
 
 import torch
-import torch.distributed as dist
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import ValidationHandler
@@ -109,11 +109,10 @@ class FinalValidation(ValidationHandler):
             self._validate(engine)
 
     def _validate(self, engine: Engine) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if idist.get_world_size() > 1:
             for buffer in self.validator.network.buffers():
                 if buffer.is_floating_point():
-                    dist.all_reduce(buffer)
-                    buffer.div_(dist.get_world_size())
+                    buffer.copy_(idist.all_reduce(buffer) / idist.get_world_size())
         super().__call__(engine)
 
 
@@ -162,7 +161,7 @@ def print_validation_dice(best: BestValidation, key_metric: str = "val_mean_dice
 
     In multi-process training only rank 0 prints (the metrics are gathered across processes)."""
     dice = {t: best.metrics[f"val_dice_{t}"] for t in TISSUES if f"val_dice_{t}" in best.metrics}
-    if dist.is_initialized() and dist.get_rank() > 0:
+    if idist.get_rank() > 0:
         return dice
     if not dice:
         print("No validation was run: no Dice to report.")
