@@ -25,6 +25,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from scripts.atomic import write_json
+from scripts.data.datasets import IGNORE_LABEL
 from scripts.transforms import csf_cluster, kmeans, name_clusters, tissue_clusters
 from tools import BUNDLE_ROOT
 
@@ -58,7 +59,9 @@ def four_clusters(image: torch.Tensor, background: float = -1.0) -> torch.Tensor
 
 
 def _dice(found: torch.Tensor, label: torch.Tensor, tissue: int) -> float:
-    a, b = found == tissue, label == tissue
+    """Dice of ``tissue`` over the voxels whose label is not ignored (``IGNORE_LABEL``)."""
+    kept = label != IGNORE_LABEL
+    a, b = (found == tissue) & kept, label == tissue
     return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
 
 
@@ -72,13 +75,15 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
                    "num_labeled": -1, "num_val": 0, "num_test": 0, "data#split_file": None,
                    "output_dir": str(BUNDLE_ROOT / "runs")})  # fmt: skip
     prep = Compose(parser.get_parsed_content("data#preprocessing"))
-    methods = {"kmeans": tissue_clusters, "pure": lambda im: pure_clusters(im, quantile), "four": four_clusters}
+    methods = {"kmeans": lambda im, mask: tissue_clusters(im, mask=mask),
+               "pure": lambda im, mask: pure_clusters(im, quantile), "four": lambda im, mask: four_clusters(im)}
     subjects = []
     for entry in parser.get_parsed_content("data#datalist")["training"]:
         data = prep(dict(entry))
         image, label = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0]
-        row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0]}
-        row.update({m: [round(_dice(f(image)[0], label, t), 3) for t in (1, 2, 3)] for m, f in methods.items()})
+        mask = data.get("mask")  # the brain mask where the dataset has one (as TissueClustersd uses it)
+        row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0].split("_label")[0]}
+        row.update({m: [round(_dice(f(image, mask)[0], label, t), 3) for t in (1, 2, 3)] for m, f in methods.items()})
         print(row, flush=True)
         subjects.append(row)
     mean = {m: np.mean([s[m] for s in subjects], axis=0).round(3).tolist() for m in methods}

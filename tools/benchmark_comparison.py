@@ -62,6 +62,7 @@ _DEFAULT_080 = {**_BEFORE_0100, **_CLUSTERS, "patches#tissue_shift_prob": 0.5, "
 _CHEAP_GAN = {**_DEFAULT_080, "data#intensity_gap": 0.5, "gan#fake_patches": 2, "gan#reconstruction_patches": 2}
 _SUPERVISED_GAP = {**_BEFORE_0170, "patches#tissue_shift_prob": 0.5, "data#intensity_gap": 0.5}
 _EMA = {"segmenter#ema_momentum": 0.01}
+_DEFAULT_0170 = {**_CHEAP_GAN, "gan#fake_augmentation": True, **_EMA}
 VARIANTS = {  # in run order (the plain baseline takes the supervised run's time): override configs and options
     "supervised": (["configs/supervised.yaml"], {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0}),
     "plain_unet": None,  # tools.benchmark_plain_unet, not a bundle config
@@ -87,10 +88,14 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_cheap_fake_aug": ([], {**_CHEAP_GAN, "gan#fake_augmentation": True}),
     # the same two with the segmenter's exponential moving average validated and saved
     "supervised_gap_ema": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA}),
-    "mri_gan_cheap_fake_aug_ema": ([], {**_CHEAP_GAN, "gan#fake_augmentation": True, **_EMA}),
+    "mri_gan_cheap_fake_aug_ema": ([], _DEFAULT_0170),
     # supervised with the EMA for about the augmented GAN's wall time (1.8x its iterations: 2029 s against 1115 s
     # per run over the 0.16.0 seeds)
     "supervised_gap_ema_gan_time": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA, "iterations": 1100}),
+    # 0.17.0's default with G held to its sources' contrast: the appearance term 10x, or G without the terms that pull
+    # its fakes towards what D (trained on the labelled infants) segments (feature matching, segmentation of fakes)
+    "mri_gan_appearance": ([], {**_DEFAULT_0170, "gan#appearance_weight": 10.0}),
+    "mri_gan_source_only": ([], {**_DEFAULT_0170, "gan#feature_matching_weight": 0.0, "gan#segmentation_weight": 0.0}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -116,6 +121,8 @@ LABELS = {
     "supervised_gap_ema": "Supervised, 0.17.0's default: the GAN's preprocessing, weights averaged (EMA 0.01)",
     "mri_gan_cheap_fake_aug_ema": "MRI-GAN, 0.17.0's default: 2 augmented fakes, weights averaged (EMA 0.01)",
     "supervised_gap_ema_gan_time": "Supervised with weights averaged, 1100 iterations (the GAN's wall time)",
+    "mri_gan_appearance": "MRI-GAN, 0.17.0's default, G's appearance term 10x",
+    "mri_gan_source_only": "MRI-GAN, 0.17.0's default, G without feature matching and segmentation of its fakes",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
