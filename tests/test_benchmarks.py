@@ -158,3 +158,22 @@ def test_bn_recalibration_averages_the_statistics_of_every_volume_and_keeps_the_
     assert torch.allclose(network[0].running_mean, torch.tensor([2.0]))
     assert torch.allclose(network[0].running_var, torch.tensor([(0.0 + 16 / 5) / 2]))
     assert torch.equal(network[0].weight, weight) and not network.training
+
+
+def test_tissue_contrast_places_gm_between_csf_and_wm_in_every_channel_of_a_4d_file(tmp_path):
+    """GM's place (GM - CSF) / (WM - CSF), hand-computed: T1 0.2 / 0.5 / 0.8 gives 0.5, T2 0.9 / 0.5 / 0.3 gives 2/3,
+    whatever linear rescaling the file has (the fake's [-1, 1] range)."""
+    import nibabel as nib
+    import numpy as np
+
+    from tools.tissue_contrast import main
+
+    label = np.zeros((4, 4, 3), np.uint8)
+    label[..., 0], label[..., 1], label[..., 2] = 1, 2, 3
+    t1 = np.choose(label, [0.0, 0.2, 0.5, 0.8]).astype(np.float32)
+    t2 = np.choose(label, [0.0, 0.9, 0.5, 0.3]).astype(np.float32)
+    nib.save(nib.Nifti1Image(np.stack([4 * t1 - 1, t2], -1), np.eye(4)), tmp_path / "fake.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "label.nii.gz")
+    rows = main([str(tmp_path / "fake.nii.gz")], str(tmp_path / "label.nii.gz"))
+    assert [r["place"] for r in rows] == [0.5, 0.667]
+    assert np.allclose(rows[0]["means"], [-0.2, 1.0, 2.2]) and np.allclose(rows[1]["means"], [0.9, 0.5, 0.3])
