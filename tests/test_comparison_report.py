@@ -128,3 +128,25 @@ def test_results_of_a_parallel_run_are_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(bc, "report", lambda *args, **kwargs: None)
     bc.run(labelled=[2], seeds=[0], variants=["supervised", "mean_teacher", "mri_gan"], work_dir=str(tmp_path))
     assert [r["variant"] for r in json.loads(path.read_text())] == ["mean_teacher", "supervised", "mri_gan"]
+
+
+def test_by_render_averages_each_render_over_seeds_and_test_maps_by_hand(tmp_path):
+    """subject_dice reads MONAI's val_dice_raw.csv; by_render groups a subject by its name without the map
+    (m04_adult, m11_adult: adult) and averages over maps and seeds; the report's render table shows it."""
+    from tools.benchmark_comparison import _render_table, by_render, subject_dice
+
+    raw = tmp_path / "val_dice_raw.csv"
+    raw.write_text("filename,class0,class1,class2,mean\nm04_adult,0.9,0.6,0.5,0.6667\nm11_adult,0.7,0.8,0.7,0.7333\n"
+                   "m04_infant_newborn,0.5,0.5,0.5,0.5\n")  # fmt: skip
+    seed0 = {**_result("mri_gan", 2, 0, 0, 0, 0), "subjects": subject_dice(raw)}
+    assert seed0["subjects"]["m11_adult"] == [0.7, 0.8, 0.7]
+    seed1 = {**_result("mri_gan", 2, 1, 0, 0, 0), "subjects": {"m04_adult": [1.0, 1.0, 0.9]}}
+    plain = _result("plain_unet", 2, 0, 0, 0, 0)  # no subjects recorded: left out
+    table = by_render([seed0, seed1, plain])
+    assert list(table) == [(2, "mri_gan")]
+    # adult: (0.9 + 0.7 + 1.0) / 3, (0.6 + 0.8 + 1.0) / 3, (0.5 + 0.7 + 0.9) / 3
+    assert np.allclose(table[2, "mri_gan"]["adult"], [0.8667, 0.8, 0.7], atol=1e-4)
+    assert table[2, "mri_gan"]["infant_newborn"] == [0.5, 0.5, 0.5]
+    rendered = _render_table([seed0, seed1, plain])
+    assert "| adult | infant_newborn |" in rendered and "0.867 / 0.800 / 0.700 (0.789)" in rendered
+    assert _render_table([plain]) == ""

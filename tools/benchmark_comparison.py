@@ -192,7 +192,15 @@ def _run_bundle(run_dir, variant, settings, n, seed) -> dict:
         "validations": validations(run_dir / "train.log"),
         "dice": {t: summary["metrics"]["val_dice"][t]["mean"] for t in TISSUES},
         "hd95": {t: summary["metrics"]["val_hd95"][t]["mean"] for t in TISSUES},
+        "subjects": subject_dice(run_dir / "eval" / "val_dice_raw.csv"),
     }  # fmt: skip
+
+
+def subject_dice(raw_csv: Path) -> dict[str, list[float]]:
+    """Dice CSF, GM, WM of every test subject, from the evaluation's ``val_dice_raw.csv`` (MONAI's metrics saver:
+    ``filename``, then one column per tissue in ``TISSUES`` order, then their mean)."""
+    rows = [line.split(",") for line in raw_csv.read_text().splitlines()]
+    return {row[0]: [float(v) for v in row[1 : 1 + len(TISSUES)]] for row in rows[1:] if row}
 
 
 def _run_plain(run_dir, settings, n, seed, minutes) -> dict:
@@ -323,6 +331,33 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
+def by_render(results: list[dict]) -> dict[tuple, dict[str, list[float]]]:
+    """Mean Dice CSF, GM, WM per (labelled, variant) and render, over seeds and test maps, for the runs that recorded
+    their subjects (``subject_dice``); a render is a subject's name without its map (``m04_adult``: ``adult``)."""
+    groups: dict[tuple, dict[str, list]] = {}
+    for r in results:
+        for subject, dice in r.get("subjects", {}).items():
+            render = subject.split("_", 1)[1] if re.match(r"m\d+_", subject) else subject
+            groups.setdefault((r["num_labeled"], r["variant"]), {}).setdefault(render, []).append(dice)
+    return {key: {render: np.mean(dice, 0).tolist() for render, dice in renders.items()}
+            for key, renders in groups.items()}  # fmt: skip
+
+
+def _render_table(results: list[dict]) -> str:
+    """Markdown table of ``by_render`` (empty without recorded subjects): CSF / GM / WM (mean) per render."""
+    table = by_render(results)
+    renders = sorted({render for value in table.values() for render in value})
+    if not renders:
+        return ""
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    lines = ["| labelled subjects | method | " + " | ".join(renders) + " |", "|---|---|" + "---|" * len(renders)]
+    for n, variant in sorted(table, key=lambda key: (key[0], order[key[1]])):
+        cells = [" / ".join(f"{d:.3f}" for d in dice) + f" ({np.mean(dice):.3f})" if dice is not None else ""
+                 for dice in (table[n, variant].get(render) for render in renders)]  # fmt: skip
+        lines.append(f"| {n} | {LABELS[variant]} | " + " | ".join(cells) + " |")
+    return "\nBy render (CSF / GM / WM (mean), over seeds and test maps):\n\n" + "\n".join(lines) + "\n"
+
+
 def report(profile: str = "cpu", work_dir: str = WORK_DIR, docs_dir: str = DOCS_DIR) -> str:
     """Write the Markdown table (mean ± standard deviation over seeds) and the Dice-versus-labelled-subjects plot."""
     work = Path(work_dir).resolve() / profile
@@ -340,7 +375,7 @@ def report(profile: str = "cpu", work_dir: str = WORK_DIR, docs_dir: str = DOCS_
             f"| {r['mean']:.3f} ± {r['mean_std']:.3f} | {r['minutes']:.1f} min "
             f"| {'' if r['largest_drop'] is None else format(r['largest_drop'], '.3f')} |"
         )
-    table = "\n".join(lines) + "\n"
+    table = "\n".join(lines) + "\n" + _render_table(results)
     docs = Path(docs_dir).resolve()
     write_text(docs / f"comparison_{profile}.md", table)
     write_json(docs / "benchmarks" / f"comparison_{profile}_results.json", results)
