@@ -81,7 +81,7 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
     for entry in parser.get_parsed_content("data#datalist")["training"]:
         data = prep(dict(entry))
         image, label = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0]
-        mask = data.get("mask")  # the brain mask where the dataset has one (as TissueClustersd uses it)
+        mask = data.get("mask")  # the brain mask where the dataset has one, as TissueClustersd (not the alternatives)
         row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0].split("_label")[0]}
         row.update({m: [round(_dice(f(image, mask)[0], label, t), 3) for t in (1, 2, 3)] for m, f in methods.items()})
         print(row, flush=True)

@@ -9,8 +9,8 @@ import sys
 import time
 from collections import deque
 
-import torch
 import ignite.distributed as idist
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import ValidationHandler
