@@ -25,9 +25,9 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from scripts.atomic import write_json
-from scripts.data.datasets import IGNORE_LABEL
 from scripts.transforms import csf_cluster, kmeans, name_clusters, tissue_clusters
 from tools import BUNDLE_ROOT
+from tools.benchmark_weights import tissue_dice
 
 
 def pure_clusters(image: torch.Tensor, quantile: float = 0.5, background: float = -1.0) -> torch.Tensor:
@@ -59,10 +59,8 @@ def four_clusters(image: torch.Tensor, background: float = -1.0) -> torch.Tensor
 
 
 def _dice(found: torch.Tensor, label: torch.Tensor, tissue: int) -> float:
-    """Dice of ``tissue`` over the voxels whose label is not ignored (``IGNORE_LABEL``)."""
-    kept = label != IGNORE_LABEL
-    a, b = (found == tissue) & kept, label == tissue
-    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+    """Dice of ``tissue`` (1 CSF, 2 GM, 3 WM) over the voxels whose label is not ignored (``tissue_dice``)."""
+    return tissue_dice(np.asarray(found), np.asarray(label))[tissue - 1]
 
 
 def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format: str = "iseg",
