@@ -96,10 +96,13 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # its fakes towards what D (trained on the labelled infants) segments (feature matching, segmentation of fakes)
     "mri_gan_appearance": ([], {**_DEFAULT_0170, "gan#appearance_weight": 10.0}),
     "mri_gan_source_only": ([], {**_DEFAULT_0170, "gan#feature_matching_weight": 0.0, "gan#segmentation_weight": 0.0}),
+    "mean_teacher_gap_ema": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA}),
+    "plain_unet_supervised_ema_time": None,  # the plain baseline for 0.17.0's supervised run's wall time
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
-                 "plain_unet_gap_time": "mri_gan_gap", "plain_unet_supervised_gap_time": "supervised_gap"}
+                 "plain_unet_gap_time": "mri_gan_gap", "plain_unet_supervised_gap_time": "supervised_gap",
+                 "plain_unet_supervised_ema_time": "supervised_gap_ema"}
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)",
     "plain_unet_gan_time": "Plain UNet (0.8.0's default MRI-GAN's wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
@@ -123,6 +126,8 @@ LABELS = {
     "supervised_gap_ema_gan_time": "Supervised with weights averaged, 1100 iterations (the GAN's wall time)",
     "mri_gan_appearance": "MRI-GAN, 0.17.0's default, G's appearance term 10x",
     "mri_gan_source_only": "MRI-GAN, 0.17.0's default, G without feature matching and segmentation of its fakes",
+    "mean_teacher_gap_ema": "Mean teacher, 0.17.0's supervised preprocessing, weights averaged (EMA 0.01)",
+    "plain_unet_supervised_ema_time": "Plain UNet (0.17.0's supervised run's wall time)",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
