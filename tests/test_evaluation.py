@@ -16,7 +16,7 @@ from monai.networks.utils import one_hot
 from oracle import ORACLE_NET, write_oracle_checkpoint
 from scripts.data.datasets import IGNORE_LABEL, build_datalist
 from scripts.evaluation import check_split, write_report
-from scripts.transforms import MaskIgnoredd
+from scripts.transforms import ChannelArgmaxd, MaskIgnoredd
 
 CONFIGS = ["configs/train.yaml", "configs/evaluate.yaml"]
 
@@ -140,6 +140,19 @@ def test_ignored_voxels_count_neither_way():
     out = MaskIgnoredd(keys=["pred", "label"])({"pred": pred[0], "label": label[0]})
     assert out["pred"][0, 7, 7, 7] == 0 and out["label"][0, 7, 7, 7] == 0
     assert torch.equal(out["pred"][0, :7], pred[0, 0, :7])
+
+
+def test_channel_argmax_gives_monai_s_argmax_labels_ties_and_meta_data():
+    from monai.transforms import AsDiscreted
+
+    probs = torch.randint(0, 3, (4, 6, 5, 7)).float()  # many ties: the first largest channel wins
+    probs[:, 0, 0, 0] = torch.tensor([0.0, 2.0, 2.0, 1.0])  # channels 1 and 2 tie: label 1
+    pred = MetaTensor(probs, affine=torch.diag(torch.tensor([2.0, 1.0, 1.5, 1.0])), meta={"filename_or_obj": "s1"})
+    ours = ChannelArgmaxd(keys="pred")({"pred": pred})["pred"]
+    monai = AsDiscreted(keys="pred", argmax=True)({"pred": pred.clone()})["pred"]
+    assert ours.shape == (1, 6, 5, 7) and ours.dtype == monai.dtype == torch.float32
+    assert torch.equal(ours.as_tensor(), monai.as_tensor()) and ours[0, 0, 0, 0] == 1
+    assert torch.equal(ours.affine, pred.affine) and ours.meta["filename_or_obj"] == "s1"
 
 
 def test_empty_split_is_reported():

@@ -45,7 +45,7 @@ class OutOfDistributionWarningd(MapTransform):
     outside ``brain_ml`` mL or a mean confidence over it below ``min_confidence`` (``subject_statistics``).
 
     ``keys``: the tissue probabilities on the input's grid (after ``Activationsd`` and ``Invertd``, before
-    ``AsDiscreted``); ``image_key``: the preprocessed image, if the data hold it. Cheap; never an error.
+    ``ChannelArgmaxd``); ``image_key``: the preprocessed image, if the data hold it. Cheap; never an error.
     """
 
     def __init__(

@@ -75,7 +75,7 @@ class TissueVolumesd(MapTransform):
 
     ``data[volumes_key]``: ``{"subject": ..., "csf_ml": ..., "gm_ml": ..., "wm_ml": ..., "brain_ml": ...}``, the
     subject named as in the label files, the voxel volume from the label's own affine (after ``Invertd``: the
-    input's grid, so the input's voxel size). Place it after ``AsDiscreted(argmax=True)`` and before
+    input's grid, so the input's voxel size). Place it after ``ChannelArgmaxd`` and before
     ``MapLabelValued``. One key (the last one wins). MONAI has no transform that turns a label map into physical
     volumes per class.
     """
@@ -217,7 +217,7 @@ def write_png(path, rgb: np.ndarray) -> None:
 class SaveOverlayd(MapTransform):
     """Write ``<output_dir>/<subject>_<postfix>.png``: the label map ``keys`` over the first modality.
 
-    The label (class indices, on the input's own voxel grid: after ``Invertd`` and ``AsDiscreted``, before
+    The label (class indices, on the input's own voxel grid: after ``Invertd`` and ``ChannelArgmaxd``, before
     ``MapLabelValued``) is blended over the first channel of the input file it came from (its
     ``filename_or_obj``: the first modality's file, or the 4D file holding all modalities), read again with
     ``reader``; see ``overlay_rgb`` for the views. MONAI writes 2D PNGs through PIL (not an install requirement
