@@ -478,6 +478,36 @@ def test_contrast_swap_exchanges_grey_and_white_matter_statistics_and_is_the_app
     assert len(seen) == 2 and all(len(s) == 3 and s[0].shape == (2, 4, 2) for s in seen)
 
 
+@pytest.mark.parametrize("target", ["labelled", "unlabelled"])
+def test_feature_matching_target_is_the_labelled_batch_or_the_unlabelled_batch_under_its_clusters(target):
+    """matching_target: the fakes' class-wise mean features (D frozen: eval mode) are matched to the labelled
+    patches under their labels, or to the unlabelled patches under their k-means clusters; computed here by hand
+    from D's features and ``class_feature_means``. Without a clusters map, 'unlabelled' names TissueClustersd."""
+    from scripts.losses import class_feature_means
+
+    trainer, net, gen = _trainer("mri", matching_target=target)
+    g = torch.Generator().manual_seed(5)
+    image, label = torch.rand(2, 2, *PATCH, generator=g) * 2 - 1, torch.randint(0, 4, (2, 1, *PATCH), generator=g)
+    unlabeled = torch.rand(2, 2, *PATCH, generator=g) * 2 - 1
+    clusters = torch.randint(0, 4, (2, 1, *PATCH), generator=g)
+    trainer.state.iteration = 1
+    fakes = trainer._generator_forward(image, label, unlabeled, clusters, updating_g=True)
+    net.eval()
+    with torch.no_grad():
+        real, real_label = (image, label) if target == "labelled" else (unlabeled, clusters)
+        real_means, real_present = class_feature_means(net.forward_features(real)[1]["last"], real_label, 4)
+        fake_means, fake_present = class_feature_means(net.forward_features(fakes.image.detach())[1]["last"], fakes.target, 4)
+    expected = ((real_means - fake_means) ** 2).mean(1)[real_present & fake_present].mean()
+    output = {}
+    assert trainer._generator_step(trainer, output, image, label, unlabeled, fakes, clusters)
+    assert torch.allclose(output["loss_g_feature_matching"], expected, rtol=1e-5)
+    if target == "unlabelled":
+        with pytest.raises(KeyError, match="TissueClustersd"):
+            trainer._generator_step(trainer, {}, image, label, unlabeled, fakes, None)
+    with pytest.raises(ValueError, match="matching_target"):
+        _trainer("mri", matching_target="sources")
+
+
 def test_source_statistics_from_clusters_use_the_unlabelled_batch_map_not_the_segmenter():
     """source_classes 'clusters': the statistics are those of the batch's clusters map, pooled per subject; the
     segmenter is not consulted; a batch without the map stops with a message that names TissueClustersd."""

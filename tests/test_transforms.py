@@ -177,6 +177,8 @@ def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, t
         (["train.yaml"], {}, True),  # the default: k-means classes for the generator's source statistics
         (["train.yaml"], {"gan#source_classes": "segmenter"}, False),
         (["train.yaml"], {"gan#source_statistics": "false"}, False),
+        (["train.yaml"], {"gan#source_statistics": "false", "gan#matching_target": "unlabelled"}, True),  # matched
+        (["train.yaml", "supervised.yaml"], {"gan#matching_target": "unlabelled"}, False),
         (["train.yaml", "supervised.yaml"], {}, False),  # no generator
         (["train.yaml", "mean_teacher.yaml"], {}, False),
         (["train.yaml", "paper_gan.yaml"], {}, False),

@@ -96,6 +96,8 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # its fakes towards what D (trained on the labelled infants) segments (feature matching, segmentation of fakes)
     "mri_gan_appearance": ([], {**_DEFAULT_0170, "gan#appearance_weight": 10.0}),
     "mri_gan_source_only": ([], {**_DEFAULT_0170, "gan#feature_matching_weight": 0.0, "gan#segmentation_weight": 0.0}),
+    # G's class-wise feature matching against the unlabelled batch under its k-means clusters, not the 2 labelled
+    "mri_gan_match_unlabelled": ([], {**_DEFAULT_0170, "gan#matching_target": "unlabelled"}),
     "mean_teacher_gap_ema": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA}),
     "plain_unet_supervised_ema_time": None,  # the plain baseline for 0.17.0's supervised run's wall time
 }
@@ -126,6 +128,7 @@ LABELS = {
     "supervised_gap_ema_gan_time": "Supervised with weights averaged, 1100 iterations (the GAN's wall time)",
     "mri_gan_appearance": "MRI-GAN, 0.17.0's default, G's appearance term 10x",
     "mri_gan_source_only": "MRI-GAN, 0.17.0's default, G without feature matching and segmentation of its fakes",
+    "mri_gan_match_unlabelled": "MRI-GAN, 0.17.0's default, fakes matched to the unlabelled patches' k-means classes",
     "mean_teacher_gap_ema": "Mean teacher, 0.17.0's supervised preprocessing, weights averaged (EMA 0.01)",
     "plain_unet_supervised_ema_time": "Plain UNet (0.17.0's supervised run's wall time)",
 }  # fmt: skip

@@ -137,6 +137,11 @@ class SemiSupervisedGanTrainer(Trainer):
         contrast_swap: probability that a fake is rendered with its source's GM and WM statistics exchanged
             (``source_statistics`` generators): infant WM turns from darker than GM to brighter within a year, so the
             segmenter must not tie a tissue to one side of that contrast.
+        matching_target: the real patches the MRI-GAN generator's fakes are matched to, class by class (feature
+            matching): ``"labelled"``, the labelled batch under its labels, or ``"unlabelled"``, the unlabelled batch
+            under its ``clusters`` map (k-means classes). With 2 labelled infants, matching their features pulls
+            fakes rendered in an adult's appearance towards infant contrast (docs/gan_training.md); the unlabelled
+            batch is the fakes' own population, as in the paper's feature matching against unlabelled data.
         num_classes: tissue classes K.
         amp: mixed precision (CUDA), with one gradient scaler per network when the autocast dtype is float16 (in
             ``state_dict``, hence in last.pt).
@@ -171,6 +176,7 @@ class SemiSupervisedGanTrainer(Trainer):
         source_group_size: int = 1,
         source_classes: str = "segmenter",
         contrast_swap: float = 0.0,
+        matching_target: str = "labelled",
         num_classes: int = 4,
         max_nonfinite: int = 20,
         epoch_length: int | None = None,
@@ -232,6 +238,9 @@ class SemiSupervisedGanTrainer(Trainer):
             raise ValueError(f"source_classes must be 'segmenter' or 'clusters', got {source_classes!r}")
         self.source_classes = source_classes
         self.contrast_swap = float(contrast_swap)
+        if matching_target not in ("labelled", "unlabelled"):
+            raise ValueError(f"matching_target must be 'labelled' or 'unlabelled', got {matching_target!r}")
+        self.matching_target = matching_target
         # float16's narrow range needs loss scaling; bfloat16 has float32's
         scale = amp and self.amp_kwargs.get("dtype", torch.float16) == torch.float16
         self.d_scaler = torch.amp.GradScaler("cuda", enabled=scale)
@@ -428,7 +437,7 @@ class SemiSupervisedGanTrainer(Trainer):
         g_ok = True
         if fakes is not None and updating_g:
             with record_function("generator step"):
-                g_ok = self._generator_step(engine, output, image, label, unlabeled, fakes)
+                g_ok = self._generator_step(engine, output, image, label, unlabeled, fakes, clusters)
 
         self._count_nonfinite(engine, d_ok and g_ok)
         engine.state.output = [output]
@@ -525,18 +534,26 @@ class SemiSupervisedGanTrainer(Trainer):
         )  # fmt: skip
         return labelled_logits, d_terms, real_stats
 
-    def _generator_step(self, engine, output, image, label, unlabeled, fakes: Fakes) -> bool:
+    def _generator_step(self, engine, output, image, label, unlabeled, fakes: Fakes, clusters=None) -> bool:
         """Update G against the frozen D unless its loss is non-finite somewhere (``scripts.losses.GeneratorLoss``;
         docs/gan_training.md). Adds the ``loss_g_*`` terms to ``output``; returns whether the update was taken.
 
-        The MRI-GAN generator's fakes are matched class-wise to the labelled patches; the appearance target is the
+        The MRI-GAN generator's fakes are matched class-wise to the labelled patches (``matching_target``
+        ``"unlabelled"``: the unlabelled ones under their ``clusters``); the appearance target is the
         statistics the fakes were rendered with (``source_statistics`` generators) or else their sources' class-wise
         statistics under D's probabilities. The Standard-GAN generator matches all real patches' mean features.
         """
         conditional = unwrap(self.generator).conditional
         # the sources' probabilities give the appearance target, unless the rendered statistics are that target
         sources = self._sources(unlabeled, fakes.image.shape[0]) if conditional and fakes.stats is None else None
-        real = image if conditional or unlabeled is None else torch.cat([image, unlabeled])
+        real, real_label = image, label
+        if not conditional and unlabeled is not None:
+            real = torch.cat([image, unlabeled])
+        elif conditional and self.matching_target == "unlabelled":
+            if clusters is None:
+                raise KeyError("matching_target 'unlabelled' needs a 'clusters' map in the unlabelled batches "
+                               "(TissueClustersd)")
+            real, real_label = unlabeled, clusters
         self.g_optimizer.zero_grad(set_to_none=True)
         # the frozen D gets no gradients, so it runs outside its DDP wrapper, which only exposes ``forward``;
         # G's gradients flow through it into G's own wrapper, which averages them across processes
@@ -545,7 +562,7 @@ class SemiSupervisedGanTrainer(Trainer):
             fake_logits, fake_features = unwrap(self.network).forward_features(fakes.image)
             g_terms = self.g_loss_function(
                 real_features, fake_features[self.feature_layer], fake_logits,
-                label=label if conditional else None, fake_label=fakes.target if conditional else None,
+                label=real_label if conditional else None, fake_label=fakes.target if conditional else None,
                 boundary_logits=fakes.boundary_logits, reconstruction=fakes.reconstruction,
                 reconstruction_target=fakes.original,
                 fake=fakes.image, source=sources, source_probs=source_probs, source_stats=fakes.stats,
