@@ -407,7 +407,8 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
             mean = [r["mean"] if tissue == "mean" else r["dice_mean"][tissue] for r in mine]
             std = [r["mean_std"] if tissue == "mean" else r["dice_std"][tissue] for r in mine]
             x = [r["num_labeled"] * 1.04 ** (i - (len(present) - 1) / 2) for r in mine]  # side by side
-            ax.errorbar(x, mean, yerr=std, fmt="o-", capsize=3, label=LABELS[variant])
+            ax.errorbar(x, mean, yerr=std, fmt="-", marker="osD^v"[i % 5], color=plt.get_cmap("tab20")(i % 20),
+                        capsize=3, label=LABELS[variant])  # one colour per variant, up to 20
         ax.set_xscale("log", base=2)
         ax.set_xlim(labelled[0] / 1.5, labelled[-1] * 1.5)
         ax.set_xticks(labelled, [str(n) for n in labelled])
