@@ -58,9 +58,9 @@ def four_clusters(image: torch.Tensor, background: float = -1.0) -> torch.Tensor
     return name_clusters(found, csf, rest)
 
 
-def _dice(found: torch.Tensor, label: torch.Tensor, tissue: int) -> float:
-    """Dice of ``tissue`` (1 CSF, 2 GM, 3 WM) over the voxels whose label is not ignored (``tissue_dice``)."""
-    return tissue_dice(np.asarray(found), np.asarray(label))[tissue - 1]
+def scores(found: torch.Tensor, label: torch.Tensor) -> list[float]:
+    """Dice CSF, GM, WM of a tissue map over the voxels whose label is not ignored (``tissue_dice``), 3 decimals."""
+    return [round(float(d), 3) for d in tissue_dice(np.asarray(found), np.asarray(label))]
 
 
 def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format: str = "iseg",
@@ -81,7 +81,7 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
         image, label = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0]
         mask = data.get("mask")  # the brain mask where the dataset has one, as TissueClustersd (not the alternatives)
         row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0].split("_label")[0]}
-        row.update({m: [round(_dice(f(image, mask)[0], label, t), 3) for t in (1, 2, 3)] for m, f in methods.items()})
+        row.update({m: scores(f(image, mask)[0], label) for m, f in methods.items()})
         print(row, flush=True)
         subjects.append(row)
     mean = {m: np.mean([s[m] for s in subjects], axis=0).round(3).tolist() for m in methods}
