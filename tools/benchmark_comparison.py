@@ -100,11 +100,13 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mri_gan_match_unlabelled": ([], {**_DEFAULT_0170, "gan#matching_target": "unlabelled"}),
     "mean_teacher_gap_ema": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA}),
     "plain_unet_supervised_ema_time": None,  # the plain baseline for 0.17.0's supervised run's wall time
+    "plain_unet_supervised_ema_gan_time": None,  # the same for supervised_gap_ema_gan_time's (1100 iterations)
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
                  "plain_unet_gap_time": "mri_gan_gap", "plain_unet_supervised_gap_time": "supervised_gap",
-                 "plain_unet_supervised_ema_time": "supervised_gap_ema"}
+                 "plain_unet_supervised_ema_time": "supervised_gap_ema",
+                 "plain_unet_supervised_ema_gan_time": "supervised_gap_ema_gan_time"}
 LABELS = {
     "plain_unet": "Plain UNet (equal wall time)",
     "plain_unet_gan_time": "Plain UNet (0.8.0's default MRI-GAN's wall time)", "supervised": "Supervised", "mean_teacher": "Mean teacher",
@@ -131,6 +133,7 @@ LABELS = {
     "mri_gan_match_unlabelled": "MRI-GAN, 0.17.0's default, fakes matched to the unlabelled patches' k-means classes",
     "mean_teacher_gap_ema": "Mean teacher, 0.17.0's supervised preprocessing, weights averaged (EMA 0.01)",
     "plain_unet_supervised_ema_time": "Plain UNet (0.17.0's supervised run's wall time)",
+    "plain_unet_supervised_ema_gan_time": "Plain UNet (the 1100-iteration supervised run's wall time)",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
