@@ -101,6 +101,10 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     "mean_teacher_gap_ema": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA}),
     "plain_unet_supervised_ema_time": None,  # the plain baseline for 0.17.0's supervised run's wall time
     "plain_unet_supervised_ema_gan_time": None,  # the same for supervised_gap_ema_gan_time's (1100 iterations)
+    # 0.17.0's supervised run on 2 patches of 64^3 per iteration instead of 8 of 32^3 (2x the voxels): the context
+    # to tell GM from WM by geometry where contrast cannot (T1 WM darker than GM in newborns, brighter in adults)
+    "supervised_gap_ema_patch64": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA, "patch_size": [64, 64, 64],
+                                                                  "patches#samples_per_volume": 1}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -134,6 +138,7 @@ LABELS = {
     "mean_teacher_gap_ema": "Mean teacher, 0.17.0's supervised preprocessing, weights averaged (EMA 0.01)",
     "plain_unet_supervised_ema_time": "Plain UNet (0.17.0's supervised run's wall time)",
     "plain_unet_supervised_ema_gan_time": "Plain UNet (the 1100-iteration supervised run's wall time)",
+    "supervised_gap_ema_patch64": "Supervised with weights averaged, 2 patches of 64^3 per iteration (not 8 of 32^3)",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
