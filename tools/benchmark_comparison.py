@@ -108,6 +108,9 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # the same without the random per-tissue offsets of the labelled patches, which can make GM and WM one intensity
     "supervised_gap_ema_noshift": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA,
                                                                   "patches#tissue_shift_prob": 0.0}),
+    # the same with patch centres equally often in each class (3 in 4 in the brain) instead of anywhere in the head
+    "supervised_gap_ema_balanced": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA,
+                                                                   "patches#sampling": "balanced"}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -143,6 +146,7 @@ LABELS = {
     "plain_unet_supervised_ema_gan_time": "Plain UNet (the 1100-iteration supervised run's wall time)",
     "supervised_gap_ema_patch64": "Supervised with weights averaged, 2 patches of 64^3 per iteration (not 8 of 32^3)",
     "supervised_gap_ema_noshift": "Supervised with weights averaged, no random tissue offsets",
+    "supervised_gap_ema_balanced": "Supervised with weights averaged, patches centred equally often in each class",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
