@@ -88,6 +88,21 @@ def test_overlay_with_ground_truth(subject, tmp_path, monkeypatch):
     assert "T1 with the ground truth (segmentation Dice CSF 1.000, GM 1.000, WM 1.000)" in texts
 
 
+def test_overlay_dice_leaves_ignored_voxels_out(subject, tmp_path, monkeypatch):
+    """Voxels the truth ignores (255, e.g. the rendered anatomy's cerebellum) count for no tissue in the Dice, as in
+    the evaluation. By hand: the segmentation's WM is 4x8x12 = 384 voxels; the truth ignores 4x8x6 = 192 of them and
+    calls 4x8x2 = 64 GM: WM 2*128 / (192 + 128) = 0.800 (0.500 with the ignored voxels counted), GM (1152 voxels)
+    2*1152 / (1152 + 1216) = 0.973."""
+    images, seg, _ = subject
+    truth = np.asarray(nib.load(seg).dataobj).copy()
+    truth[8:12, 8:16, 8:14] = 255
+    truth[8:12, 8:16, 14:16] = 2
+    texts = _texts(monkeypatch)
+    figures.overlay(images[:1], seg, _nifti(tmp_path / "s-truth.nii.gz", truth), names=["T1"], out=tmp_path / "o.png",
+                    dpi=20)  # fmt: skip
+    assert "T1 with the ground truth (segmentation Dice CSF 1.000, GM 0.973, WM 0.800)" in texts
+
+
 def test_overlay_refuses_mismatched_shapes_and_labels(subject, tmp_path):
     images, seg, _ = subject
     small = _nifti(tmp_path / "small_seg.nii.gz", np.zeros((20, 24, 27), np.uint8))
