@@ -105,10 +105,10 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # to tell GM from WM by geometry where contrast cannot (T1 WM darker than GM in newborns, brighter in adults)
     "supervised_gap_ema_patch64": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA, "patch_size": [64, 64, 64],
                                                                   "patches#samples_per_volume": 1}),
-    # the same without the random per-tissue offsets of the labelled patches, which can make GM and WM one intensity
+    # 0.17.0's supervised run without the random per-tissue offsets of labelled patches (they can make GM and WM alike)
     "supervised_gap_ema_noshift": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA,
                                                                   "patches#tissue_shift_prob": 0.0}),
-    # the same with patch centres equally often in each class (3 in 4 in the brain) instead of anywhere in the head
+    # 0.17.0's supervised run with patch centres equally often in each class (3 in 4 in the brain), not anywhere
     "supervised_gap_ema_balanced": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA,
                                                                    "patches#sampling": "balanced"}),
 }
