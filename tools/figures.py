@@ -28,10 +28,11 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from scripts.atomic import atomic_path
-from scripts.data.datasets import label_mapping
+from scripts.data.datasets import IGNORE_LABEL, label_mapping
 from scripts.evaluation import TISSUES
 from scripts.networks import MRIGANGenerator
 from tools import BUNDLE_ROOT
+from tools.benchmark_weights import tissue_dice
 
 FIGURES_DIR = BUNDLE_ROOT / "docs" / "figures"
 TISSUE_COLOURS = ("#3b8bff", "#2ca02c", "#ffd92f")  # CSF, GM, WM
@@ -218,19 +219,16 @@ def _load(path) -> nib.spatialimages.SpatialImage:
     return nib.load(str(path))
 
 
-def _tissues(path, image, orig: Sequence[int], target: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Label volume in RAS orientation mapped to 0 bg, 1 CSF, 2 GM, 3 WM (ignored structures to 0), and the mask of
-    the ignored voxels (targets beyond WM, e.g. ``IGNORE_LABEL``)."""
+def _tissues(path, image, orig: Sequence[int], target: Sequence[int]) -> np.ndarray:
+    """Label volume in RAS orientation mapped to 0 bg, 1 CSF, 2 GM, 3 WM and ``IGNORE_LABEL`` (ignored structures)."""
     data = np.asanyarray(nib.as_closest_canonical(image).dataobj).squeeze()
     unknown = sorted(set(np.unique(data).tolist()) - set(orig))
     if unknown:
         raise ValueError(f"{path}: label values {unknown[:5]} are not among {list(orig)} (see --label_format)")
-    lut = np.zeros(int(max(orig)) + 1, dtype=np.int64)
+    lut = np.zeros(int(max(orig)) + 1, dtype=np.uint8)
     for o, t in zip(orig, target):
         lut[int(o)] = t
-    mapped = lut[data.astype(np.int64)]
-    ignored = mapped > len(TISSUES)
-    return np.where(ignored, 0, mapped).astype(np.uint8), ignored
+    return lut[data.astype(np.int64)]
 
 
 def _slices(volume: np.ndarray, centre: Sequence[int], box: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
@@ -267,17 +265,15 @@ def overlay(
         if img is not None and img.shape[:3] != vols[0].shape[:3]:
             raise ValueError(f"{path}: shape {img.shape[:3]} differs from {images[0]}'s {vols[0].shape[:3]}; "
                              "all volumes must share one voxel grid")  # fmt: skip
-    seg, _ = _tissues(segmentation, seg_img, list(output_labels), [0, 1, 2, 3])
+    seg = _tissues(segmentation, seg_img, list(output_labels), [0, 1, 2, 3])
     canon = [nib.as_closest_canonical(v) for v in vols]
     rows = [(f"{n} with the segmentation", np.asanyarray(v.dataobj).squeeze().astype(np.float32), seg)
             for n, v in zip(names, canon)]  # fmt: skip
     if label:
-        gt, ignored = _tissues(label, label_img, *label_mapping(label_format))
-        kept_seg = np.where(ignored, 0, seg)  # ignored voxels count for no tissue, as in the evaluation
-        dice = [2 * np.sum((kept_seg == t) & (gt == t)) / max(np.sum(kept_seg == t) + np.sum(gt == t), 1)
-                for t in (1, 2, 3)]
-        scores = ", ".join(f"{n} {d:.3f}" for n, d in zip(TISSUES, dice))
-        rows.append((f"{names[0]} with the ground truth (segmentation Dice {scores})", rows[0][1], gt))
+        gt = _tissues(label, label_img, *label_mapping(label_format))
+        scores = ", ".join(f"{n} {d:.3f}" for n, d in zip(TISSUES, tissue_dice(seg, gt)))  # ignored voxels left out
+        rows.append((f"{names[0]} with the ground truth (segmentation Dice {scores})", rows[0][1],
+                     np.where(gt == IGNORE_LABEL, 0, gt)))
     found = np.argwhere(seg > 0) if seg.any() else np.array([[0, 0, 0], np.array(seg.shape) - 1])
     box = (np.maximum(found.min(0) - 4, 0), np.minimum(found.max(0) + 4, np.array(seg.shape) - 1))
     centre = (box[0] + box[1]) // 2
