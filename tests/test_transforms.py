@@ -3,6 +3,7 @@
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.transforms import RandCropByLabelClassesd, RandSpatialCropSamplesd
 
 from scripts.checks import InputError
 from scripts.transforms import RandTissueShiftd, TissueClustersd, tissue_clusters
@@ -182,6 +183,7 @@ def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, t
         (["train.yaml", "supervised.yaml"], {}, False),  # no generator
         (["train.yaml", "mean_teacher.yaml"], {}, False),
         (["train.yaml", "paper_gan.yaml"], {}, False),
+        (["train.yaml", "mean_teacher.yaml"], {"patches#sampling": "balanced"}, True),  # centres by k-means class
     ],
 )
 def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(bundle_root, configs, overrides, clustered):
@@ -194,6 +196,31 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
     keys = ["image", "clusters"] if clustered else ["image"]
     assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image
+    balanced = overrides.get("patches#sampling") == "balanced"
+    assert isinstance(crop, RandCropByLabelClassesd if balanced else RandSpatialCropSamplesd)
+
+
+def test_balanced_sampling_centres_unlabelled_patches_by_their_k_means_classes(bundle_root, tmp_path):
+    """With patches#sampling balanced the unlabelled patches are centred like the labelled ones, equally often in
+    each class, here their k-means classes inside the brain mask: 3 in 4 centres in the brain (CSF, GM, WM alike),
+    where random centres on this small whole head fall in the brain about 1 time in 4."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle_root / "configs" / "train.yaml"))  # k-means classes either way (the generator's)
+    entry, _ = _whole_head(tmp_path)
+    parser.update({"bundle_root": str(bundle_root), "device": "cpu", "dataset_format": "phantom",
+                   "patch_size": [9, 9, 9], "patches#samples_per_volume": 200})
+    unlabeled = {k: v for k, v in entry.items() if k != "label"}
+    centres = {}
+    for sampling in ("balanced", "random"):
+        parser["patches#sampling"] = sampling
+        preprocessing = parser.get_parsed_content("train#unlabeled#preprocessing")
+        preprocessing.set_random_state(seed=0)
+        patches = preprocessing(unlabeled)
+        assert all(p["image"].shape[1:] == p["clusters"].shape[1:] == (9, 9, 9) for p in patches)
+        centres[sampling] = torch.stack([p["clusters"][0, 4, 4, 4] for p in patches]).long()
+    counts = torch.bincount(centres["balanced"], minlength=4) / len(centres["balanced"])
+    assert ((counts - 0.25).abs() < 0.1).all(), counts  # each class a quarter of the centres (sd .03 at 200)
+    assert (centres["random"] > 0).float().mean() < 0.4
 
 
 def test_tissue_shift_stops_at_the_floor():

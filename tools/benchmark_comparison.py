@@ -111,6 +111,9 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # 0.17.0's supervised run with patch centres equally often in each class (3 in 4 in the brain), not anywhere
     "supervised_gap_ema_balanced": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA,
                                                                    "patches#sampling": "balanced"}),
+    # 0.17.0's default MRI-GAN with both streams' patch centres equally often in each class: labelled patches by their
+    # labels, unlabelled ones by their k-means classes (the class mix of the fakes' maps and of their sources alike)
+    "mri_gan_balanced": ([], {**_DEFAULT_0170, "patches#sampling": "balanced"}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -147,6 +150,7 @@ LABELS = {
     "supervised_gap_ema_patch64": "Supervised with weights averaged, 2 patches of 64^3 per iteration (not 8 of 32^3)",
     "supervised_gap_ema_noshift": "Supervised with weights averaged, no random tissue offsets",
     "supervised_gap_ema_balanced": "Supervised with weights averaged, patches centred equally often in each class",
+    "mri_gan_balanced": "MRI-GAN, 0.17.0's default, patches centred equally often in each (k-means) class",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
