@@ -190,7 +190,7 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     parser = ConfigParser()
     parser.read_config([str(bundle_root / "configs" / c) for c in configs])
     parser["bundle_root"] = str(bundle_root)
-    parser.update(overrides)
+    parser.update({"patches#sampling": "random", **overrides})  # random centres need no classes of their own
     found = parser.get_parsed_content("train#unlabeled#clusters")
     assert len(found) == int(clustered) and all(isinstance(c, TissueClustersd) for c in found)
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")

@@ -21,8 +21,8 @@ repository root:
 
 The ``anatomy`` profile is the README's main job since 0.14.0: train.yaml's schedule, network, patches and batches on
 its default data, the cohort rendered from the real label maps (``data#anatomy``: validation on map 01, testing on the
-held-out maps 04, 11 and 16 in three contrasts each); ``supervised_gap`` and ``mri_gan_gap`` are then train.yaml's
-supervised and MRI-GAN defaults. The plain baseline reads the same rendered ``datalist.json``.
+held-out maps 04, 11 and 16 in three contrasts each); ``supervised_gap_ema_balanced`` and ``mri_gan_balanced`` are
+train.yaml's supervised and MRI-GAN defaults since 0.19.0. The plain baseline reads the same rendered ``datalist.json``.
 
 Results are appended to ``<work_dir>/<profile>/results.json`` as each run finishes (an interrupted benchmark resumes
 where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``
@@ -47,9 +47,10 @@ from tools import BUNDLE_ROOT, subprocess_env
 
 # Every variant states the settings it was measured with, so that a later change of train.yaml's defaults does not
 # change what an old variant means: no offsets, the generator from the start and at every iteration, (MRI-GAN) no
-# source statistics, no intensity gap, one fake and one reconstruction per labelled patch, the fakes not augmented
-# and no weight averaging, unless the variant says otherwise.
-_BEFORE_0170 = {"gan#fake_patches": None, "gan#reconstruction_patches": None, "gan#fake_augmentation": False,
+# source statistics, no intensity gap, one fake and one reconstruction per labelled patch, the fakes not augmented,
+# no weight averaging and random patch centres, unless the variant says otherwise.
+_BEFORE_0190 = {"patches#sampling": "random"}
+_BEFORE_0170 = {**_BEFORE_0190, "gan#fake_patches": None, "gan#reconstruction_patches": None, "gan#fake_augmentation": False,
                 "segmenter#ema_momentum": None}  # fmt: skip
 _BEFORE_0100 = {**_BEFORE_0170, "data#intensity_gap": 0.0}
 _BEFORE_080 = {**_BEFORE_0100, "patches#tissue_shift_prob": 0.0, "gan#generator_start_iterations": 0,
