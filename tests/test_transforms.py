@@ -200,6 +200,18 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     assert isinstance(crop, RandCropByLabelClassesd if balanced else RandSpatialCropSamplesd)
 
 
+@pytest.mark.parametrize("configs, sampling", [(["train.yaml"], "random"), (["train.yaml", "supervised.yaml"], "balanced")])
+def test_supervised_training_centres_its_patches_by_class(bundle_root, configs, sampling):
+    """supervised.yaml crops its labelled patches around class-balanced centres; the GAN keeps random ones."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle_root / "configs" / c) for c in configs])
+    parser["bundle_root"] = str(bundle_root)
+    crop = parser.get_parsed_content("train#augmentation")[0]
+    assert parser["patches#sampling"] == sampling
+    assert isinstance(crop, RandCropByLabelClassesd if sampling == "balanced" else RandSpatialCropSamplesd)
+    assert sampling == "random" or list(crop.cropper.ratios) == [1, 1, 1, 1]  # background, CSF, GM, WM alike
+
+
 def test_balanced_sampling_centres_unlabelled_patches_by_their_k_means_classes(bundle_root, tmp_path):
     """With patches#sampling balanced the unlabelled patches are centred like the labelled ones, equally often in
     each class, here their k-means classes inside the brain mask: 3 in 4 centres in the brain (CSF, GM, WM alike),

@@ -21,8 +21,8 @@ repository root:
 
 The ``anatomy`` profile is the README's main job since 0.14.0: train.yaml's schedule, network, patches and batches on
 its default data, the cohort rendered from the real label maps (``data#anatomy``: validation on map 01, testing on the
-held-out maps 04, 11 and 16 in three contrasts each); ``supervised_gap_ema_balanced`` and ``mri_gan_balanced`` are
-train.yaml's supervised and MRI-GAN defaults since 0.19.0. The plain baseline reads the same rendered ``datalist.json``.
+held-out maps 04, 11 and 16 in three contrasts each); ``supervised_gap_ema_balanced`` and ``mri_gan_cheap_fake_aug_ema``
+are the supervised and MRI-GAN defaults since 0.19.0. The plain baseline reads the same rendered ``datalist.json``.
 
 Results are appended to ``<work_dir>/<profile>/results.json`` as each run finishes (an interrupted benchmark resumes
 where it stopped); ``report`` writes ``comparison_<profile>.md`` and ``comparison_<profile>.png`` into ``docs_dir``
@@ -150,7 +150,7 @@ LABELS = {
     "plain_unet_supervised_ema_gan_time": "Plain UNet (the 1100-iteration supervised run's wall time)",
     "supervised_gap_ema_patch64": "Supervised with weights averaged, 2 patches of 64^3 per iteration (not 8 of 32^3)",
     "supervised_gap_ema_noshift": "Supervised with weights averaged, no random tissue offsets",
-    "supervised_gap_ema_balanced": "Supervised with weights averaged, patches centred equally often in each class",
+    "supervised_gap_ema_balanced": "Supervised, 0.19.0's default: patches centred equally often in each class, weights averaged",
     "mri_gan_balanced": "MRI-GAN, 0.17.0's default, patches centred equally often in each (k-means) class",
 }  # fmt: skip
 PROFILES = {
