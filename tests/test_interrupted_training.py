@@ -39,16 +39,20 @@ def test_sigkill_mid_epoch_then_resume(bundle_root, tmp_path):
     )  # fmt: skip
     deadline = time.monotonic() + 300
     try:
-        while (_recorded_iteration(last) or 0) % EPOCH_LENGTH == 0:  # wait for a mid-epoch checkpoint (3 or 6)
+        while True:  # look at last.pt with the run stopped, so that no later save lands before the kill
             assert proc.poll() is None, "training ended before a mid-epoch checkpoint"
             assert time.monotonic() < deadline, "no mid-epoch checkpoint within 300 s"
+            proc.send_signal(signal.SIGSTOP)
+            if (_recorded_iteration(last) or 0) % EPOCH_LENGTH != 0:  # a mid-epoch checkpoint (3 or 6)
+                break
+            proc.send_signal(signal.SIGCONT)
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _recorded_iteration(last)  # the kill may land after one more save, but never leaves a broken file
+    killed_at = _recorded_iteration(last)  # complete, never a broken file (atomic rename)
     assert killed_at % EPOCH_LENGTH != 0 and killed_at < EPOCHS * EPOCH_LENGTH
     epoch = killed_at // EPOCH_LENGTH
 
