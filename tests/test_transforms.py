@@ -184,6 +184,8 @@ def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, t
         (["train.yaml", "mean_teacher.yaml"], {}, False),
         (["train.yaml", "paper_gan.yaml"], {}, False),
         (["train.yaml", "mean_teacher.yaml"], {"patches#sampling": "balanced"}, True),  # centres by k-means class
+        (["train.yaml", "mean_teacher.yaml"], {"patches#sampling": "balanced", "patches#unlabeled_sampling": "random"},
+         False),  # the labelled patches balanced, the unlabelled ones anywhere
     ],
 )
 def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(bundle_root, configs, overrides, clustered):
@@ -196,8 +198,11 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
     keys = ["image", "clusters"] if clustered else ["image"]
     assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image
-    balanced = overrides.get("patches#sampling") == "balanced"
+    balanced = overrides.get("patches#unlabeled_sampling", overrides.get("patches#sampling")) == "balanced"
     assert isinstance(crop, RandCropByLabelClassesd if balanced else RandSpatialCropSamplesd)
+    labelled_crop = parser.get_parsed_content("train#augmentation")[0]
+    labelled_balanced = overrides.get("patches#sampling") == "balanced"
+    assert isinstance(labelled_crop, RandCropByLabelClassesd if labelled_balanced else RandSpatialCropSamplesd)
 
 
 @pytest.mark.parametrize("configs, sampling", [(["train.yaml"], "random"), (["train.yaml", "supervised.yaml"], "balanced")])

@@ -115,6 +115,13 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # 0.17.0's default MRI-GAN with both streams' patch centres equally often in each class: labelled patches by their
     # labels, unlabelled ones by their k-means classes (the class mix of the fakes' maps and of their sources alike)
     "mri_gan_balanced": ([], {**_DEFAULT_0170, "patches#sampling": "balanced"}),
+    # 0.19.0's supervised run for about the GAN's wall time (1100 iterations, as supervised_gap_ema_gan_time)
+    "supervised_gap_ema_balanced_gan_time": (["configs/supervised.yaml"], {**_SUPERVISED_GAP, **_EMA, "iterations": 1100,
+                                                                            "patches#sampling": "balanced"}),
+    # 0.17.0's default MRI-GAN with the labelled patches centred equally often in each class and the unlabelled ones
+    # (the fakes' sources) anywhere, as before
+    "mri_gan_balanced_labelled": ([], {**_DEFAULT_0170, "patches#sampling": "balanced",
+                                       "patches#unlabeled_sampling": "random"}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -152,6 +159,8 @@ LABELS = {
     "supervised_gap_ema_noshift": "Supervised with weights averaged, no random tissue offsets",
     "supervised_gap_ema_balanced": "Supervised, 0.19.0's default: patches centred equally often in each class, weights averaged",
     "mri_gan_balanced": "MRI-GAN, 0.17.0's default, patches centred equally often in each (k-means) class",
+    "supervised_gap_ema_balanced_gan_time": "Supervised, 0.19.0's default, 1100 iterations (the GAN's wall time)",
+    "mri_gan_balanced_labelled": "MRI-GAN, 0.17.0's default, labelled patches centred equally often in each class",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
