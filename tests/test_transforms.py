@@ -6,7 +6,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import RandCropByLabelClassesd, RandSpatialCropSamplesd
 
 from scripts.checks import InputError
-from scripts.transforms import RandTissueShiftd, TissueClustersd, tissue_clusters
+from scripts.transforms import RandTissueShiftd, TissueClustersd, refine_clusters, tissue_clusters
 
 
 def test_tissue_shift_adds_one_offset_per_tissue_and_channel():
@@ -102,6 +102,27 @@ def test_tissue_clusters_name_the_tissues_by_layout_whatever_the_contrast_order(
     assert torch.equal(clusters[0].long(), label)
 
 
+def test_refined_clusters_give_a_broad_tissue_its_tail_back():
+    """GM broad (sd .2 around .2), WM narrow (sd .02 around .6), CSF at -.6: k-means splits GM from WM half-way
+    between the clusters' means, and GM's tail pulls WM's mean down: the fixed point is at .342, so
+    P(N(.2, .2) > .342) = .239 of GM goes to WM. The Gaussian mixture's boundary with the true parameters is at
+    .547 (.041 of GM); five steps of classification EM from k-means get more than half-way. WM and CSF stay."""
+    image, label = _layered_brain((0.2, 0.2), (0.6, 0.6))
+    gm = label == 2
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(1))
+    image[:, gm] = 0.2 + 0.2 * noise[0, gm]  # one broad value in both channels
+    kmeans_map = tissue_clusters(image)
+    refined = refine_clusters(image, kmeans_map)
+    lost = {name: float((m[0][gm] == 3).float().mean()) for name, m in (("kmeans", kmeans_map), ("refined", refined))}
+    assert abs(lost["kmeans"] - 0.239) < 0.02 and lost["refined"] < 0.14, lost
+    assert (refined[0][label == 3] == 3).all() and (refined[0][label == 1] == 1).float().mean() > 0.97
+    assert (refined[0][label == 0] == 0).all()
+    smoothed = refine_clusters(image, kmeans_map, beta=1.0)  # neighbours vote: fewer isolated GM voxels in WM
+    assert (smoothed[0][gm] == 3).float().mean() < lost["refined"]
+    out = TissueClustersd("image", refine=True)({"image": image})
+    assert torch.equal(out["clusters"], refined)
+
+
 def test_tissue_clusters_transform_adds_the_map_and_keeps_the_image():
     image, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
     out = TissueClustersd("image")({"image": image.clone()})
@@ -176,6 +197,7 @@ def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, t
     "configs, overrides, clustered",
     [
         (["train.yaml"], {}, True),  # the default: k-means classes for the generator's source statistics
+        (["train.yaml"], {"gan#clusters_refine": True}, True),  # refined by a Gaussian mixture
         (["train.yaml"], {"gan#source_classes": "segmenter"}, False),
         (["train.yaml"], {"gan#source_statistics": "false"}, False),
         (["train.yaml"], {"gan#source_statistics": "false", "gan#matching_target": "unlabelled"}, True),  # matched
@@ -195,6 +217,7 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     parser.update({"patches#sampling": "random", **overrides})  # random centres need no classes of their own
     found = parser.get_parsed_content("train#unlabeled#clusters")
     assert len(found) == int(clustered) and all(isinstance(c, TissueClustersd) for c in found)
+    assert all(c.refine == overrides.get("gan#clusters_refine", False) for c in found)
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
     keys = ["image", "clusters"] if clustered else ["image"]
     assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image

@@ -1,5 +1,5 @@
 """How well the unlabelled subjects' k-means tissue classes (``scripts.transforms.tissue_clusters``, the source
-statistics of the default MRI-GAN) match the labels, beside two alternatives measured for isointense subjects.
+statistics of the default MRI-GAN) match the labels, beside alternatives measured for isointense subjects.
 
 Every labelled subject of ``dataset_dir`` goes through train.yaml's deterministic preprocessing; each method's
 tissue map is scored against the label (Dice per tissue). Methods:
@@ -9,11 +9,15 @@ tissue map is scored against the label (Dice per tissue). Methods:
   magnitude, then every brain voxel to its nearest centre: meant to keep partial-volume voxels out of the fit.
 - ``four``: 4 clusters; the one nearest the CSF cluster is taken for partial volume and its voxels go to the nearer
   of the two tissue clusters.
+- ``gmm``, ``mrf_<beta>``: ``kmeans`` refined by ``refine_clusters`` (``gan#clusters_refine``): classification EM
+  with a diagonal Gaussian per tissue and, for ``mrf``, a Potts prior of weight ``beta`` per 6-neighbour alike.
 
-Both alternatives lost to ``kmeans`` on the cohort (docs/experiments.md), so the bundle keeps ``kmeans``. Run from
-the repository root:
+``pure`` and ``four`` lost to ``kmeans`` on the phantom cohort, ``mrf`` to ``gmm`` on the real-anatomy one
+(docs/experiments.md). Run from the repository root:
 
     python -m tools.benchmark_clusters run --dataset_dir bundle/data/cohort --out bundle/docs/benchmarks/clusters_cohort.json
+    python -m tools.benchmark_clusters run --dataset_dir bundle/data/anatomy_cohort --dataset_format anatomy \
+        --only "[kmeans,gmm,mrf_0.5,mrf_1.0,mrf_2.0]" --out bundle/docs/benchmarks/clusters_anatomy_gmm.json
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from scripts.atomic import write_json
-from scripts.transforms import csf_cluster, kmeans, name_clusters, tissue_clusters
+from scripts.transforms import csf_cluster, kmeans, name_clusters, refine_clusters, tissue_clusters
 from tools import BUNDLE_ROOT
 from tools.benchmark_weights import tissue_dice
 
@@ -64,8 +68,10 @@ def scores(found: torch.Tensor, label: torch.Tensor) -> list[float]:
 
 
 def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format: str = "iseg",
-        out: str = str(BUNDLE_ROOT / "runs" / "clusters.json"), quantile: float = 0.5) -> None:
-    """Score every method on every labelled subject; write per-subject and mean Dice (CSF, GM, WM) to ``out``."""
+        out: str = str(BUNDLE_ROOT / "runs" / "clusters.json"), quantile: float = 0.5,
+        betas: tuple = (0.5, 1.0, 2.0), only: list | None = None) -> None:
+    """Score every method (or those in ``only``) on every labelled subject; write per-subject and mean Dice (CSF, GM,
+    WM) to ``out``."""
     torch.set_num_threads(1)
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
@@ -74,7 +80,10 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
                    "output_dir": str(BUNDLE_ROOT / "runs")})  # fmt: skip
     prep = Compose(parser.get_parsed_content("data#preprocessing"))
     methods = {"kmeans": lambda im, mask: tissue_clusters(im, mask=mask),
-               "pure": lambda im, mask: pure_clusters(im, quantile), "four": lambda im, mask: four_clusters(im)}
+               "pure": lambda im, mask: pure_clusters(im, quantile), "four": lambda im, mask: four_clusters(im),
+               "gmm": lambda im, mask: refine_clusters(im, tissue_clusters(im, mask=mask)),
+               **{f"mrf_{b}": lambda im, mask, b=b: refine_clusters(im, tissue_clusters(im, mask=mask), b) for b in betas}}
+    methods = {m: f for m, f in methods.items() if only is None or m in only}
     subjects = []
     for entry in parser.get_parsed_content("data#datalist")["training"]:
         data = prep(dict(entry))
