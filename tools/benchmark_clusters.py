@@ -67,30 +67,40 @@ def scores(found: torch.Tensor, label: torch.Tensor) -> list[float]:
     return [round(float(d), 3) for d in tissue_dice(np.asarray(found), np.asarray(label))]
 
 
-def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format: str = "iseg",
-        out: str = str(BUNDLE_ROOT / "runs" / "clusters.json"), quantile: float = 0.5,
-        betas: tuple = (0.5, 1.0, 2.0), only: list | None = None) -> None:
-    """Score every method (or those in ``only``) on every labelled subject; write per-subject and mean Dice (CSF, GM,
-    WM) to ``out``."""
-    torch.set_num_threads(1)
+def _methods(quantile: float = 0.5, betas: tuple = (0.5, 1.0, 2.0)) -> dict:
+    """Each method's tissue map of a normalised image (C, D, H, W) and its brain mask (or None)."""
+    return {"kmeans": lambda im, mask: tissue_clusters(im, mask=mask),
+            "pure": lambda im, mask: pure_clusters(im, quantile), "four": lambda im, mask: four_clusters(im),
+            "gmm": lambda im, mask: refine_clusters(im, tissue_clusters(im, mask=mask)),
+            **{f"mrf_{b}": lambda im, mask, b=b: refine_clusters(im, tissue_clusters(im, mask=mask), b) for b in betas}}
+
+
+def _subjects(dataset_dir: str, dataset_format: str):
+    """(name, normalised image, label (D, H, W), brain mask or None) of every labelled subject, as train.yaml's
+    deterministic preprocessing gives them."""
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_ROOT / "configs" / "train.yaml"))
     parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_format": dataset_format, "dataset_dir": dataset_dir,
                    "num_labeled": -1, "num_val": 0, "num_test": 0, "data#split_file": None,
                    "output_dir": str(BUNDLE_ROOT / "runs")})  # fmt: skip
     prep = Compose(parser.get_parsed_content("data#preprocessing"))
-    methods = {"kmeans": lambda im, mask: tissue_clusters(im, mask=mask),
-               "pure": lambda im, mask: pure_clusters(im, quantile), "four": lambda im, mask: four_clusters(im),
-               "gmm": lambda im, mask: refine_clusters(im, tissue_clusters(im, mask=mask)),
-               **{f"mrf_{b}": lambda im, mask, b=b: refine_clusters(im, tissue_clusters(im, mask=mask), b) for b in betas}}
-    methods = {m: f for m, f in methods.items() if only is None or m in only}
-    subjects = []
     for entry in parser.get_parsed_content("data#datalist")["training"]:
         data = prep(dict(entry))
-        image, label = torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0]
-        mask = data.get("mask")  # the brain mask where the dataset has one, as TissueClustersd (not the alternatives)
-        row = {"subject": str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0].split("_label")[0]}
-        row.update({m: scores(f(image, mask)[0], label) for m, f in methods.items()})
+        name = str(entry["label"]).rsplit("/", 1)[-1].split("-label")[0].split("_label")[0]
+        # the brain mask where the dataset has one, as TissueClustersd (not the alternatives)
+        yield name, torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"])[0], data.get("mask")
+
+
+def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format: str = "iseg",
+        out: str = str(BUNDLE_ROOT / "runs" / "clusters.json"), quantile: float = 0.5,
+        betas: tuple = (0.5, 1.0, 2.0), only: list | None = None) -> None:
+    """Score every method (or those in ``only``) on every labelled subject; write per-subject and mean Dice (CSF, GM,
+    WM) to ``out``."""
+    torch.set_num_threads(1)
+    methods = {m: f for m, f in _methods(quantile, betas).items() if only is None or m in only}
+    subjects = []
+    for name, image, label, mask in _subjects(dataset_dir, dataset_format):
+        row = {"subject": name, **{m: scores(f(image, mask)[0], label) for m, f in methods.items()}}
         print(row, flush=True)
         subjects.append(row)
     mean = {m: np.mean([s[m] for s in subjects], axis=0).round(3).tolist() for m in methods}
@@ -99,5 +109,33 @@ def run(dataset_dir: str = str(BUNDLE_ROOT / "data" / "cohort"), dataset_format:
     print({m: (v, round(float(np.mean(v)), 3)) for m, v in mean.items()})
 
 
+def figure(subject: str, out: str, dataset_dir: str = str(BUNDLE_ROOT / "data" / "anatomy_cohort"),
+           dataset_format: str = "anatomy", methods: tuple = ("kmeans", "gmm"), dpi: int = 80) -> None:
+    """One coronal slice of ``subject``: every channel, the truth and each method's tissue map with its Dice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = next((s for s in _subjects(dataset_dir, dataset_format) if s[0] == subject), None)
+    if found is None:
+        raise SystemExit(f"benchmark_clusters figure: no labelled subject {subject} in {dataset_dir}")
+    _, image, label, mask = found
+    maps = {m: _methods()[m](image, mask)[0] for m in methods}
+    y = image.shape[2] // 2
+    panels = [(f"channel {c}", image[c, :, y].T, "gray") for c in range(len(image))]
+    panels += [("truth", label[:, y].T.clamp(max=3), "viridis")]
+    panels += [(f"{m}: " + " / ".join(f"{d:.2f}" for d in scores(t, label)), t[:, y].T, "viridis") for m, t in maps.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3))
+    for ax, (title, view, cmap) in zip(axes, panels):
+        ax.imshow(view.numpy(), cmap=cmap, origin="lower", vmin=None if cmap == "gray" else 0, vmax=None if cmap == "gray" else 3)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{subject}: tissue classes without labels (CSF / GM / WM Dice)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    print(out)
+
+
 if __name__ == "__main__":
-    fire.Fire({"run": run})
+    fire.Fire({"run": run, "figure": figure})
