@@ -121,7 +121,8 @@ def figure(subject: str, out: str, dataset_dir: str = str(BUNDLE_ROOT / "data" /
     if found is None:
         raise SystemExit(f"benchmark_clusters figure: no labelled subject {subject} in {dataset_dir}")
     _, image, label, mask = found
-    maps = {m: _methods()[m](image, mask)[0] for m in methods}
+    every = _methods()
+    maps = {m: every[m](image, mask)[0] for m in methods}
     y = image.shape[2] // 2
     panels = [(f"channel {c}", image[c, :, y].T, "gray") for c in range(len(image))]
     panels += [("truth", label[:, y].T.clamp(max=3), "viridis")]
