@@ -150,3 +150,19 @@ def test_by_render_averages_each_render_over_seeds_and_test_maps_by_hand(tmp_pat
     rendered = _render_table([seed0, seed1, plain])
     assert "| adult | infant_newborn |" in rendered and "0.867 / 0.800 / 0.700 (0.789)" in rendered
     assert _render_table([plain]) == ""
+
+
+@pytest.mark.parametrize("variants, inches", [(1, 3.6 + 0.3 + 0.16), (25, 3.6 + 0.3 + 0.16 * 13)])
+def test_comparison_plot_grows_with_its_legend_not_its_rows(tmp_path, variants, inches):
+    """The panels keep 3.6 inches whatever the number of rows (variants x labelled counts); the figure grows by one
+    legend line (0.16 inch) per two variants, plus 0.3 inch: 1 variant 4.06 inches, 25 variants 5.98 (at 110 dpi)."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from tools.benchmark_comparison import VARIANTS, _plot
+
+    names = [v for v in VARIANTS if v.startswith(("mri_gan", "supervised", "mean_teacher"))][:variants]
+    rows = summarise([_result(v, n, 0, 0.9, 0.7, 0.7) for v in names for n in (1, 2, 8)])
+    _plot(rows, tmp_path / "plot.png", "anatomy")
+    assert len(rows) == 3 * variants
+    assert Image.open(tmp_path / "plot.png").size[1] == int(110 * inches)

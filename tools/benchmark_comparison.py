@@ -432,8 +432,10 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
     import matplotlib.pyplot as plt
 
     labelled = sorted({r["num_labeled"] for r in rows})
-    fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), 3 + 0.25 * len(rows)), sharey=True)
     present = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
+    legend_height = 0.3 + 0.16 * -(-len(present) // 2)  # inches: two columns of 7-point names below the panels
+    height = 3.6 + legend_height
+    fig, axes = plt.subplots(1, len(TISSUES) + 1, figsize=(4 * (len(TISSUES) + 1), height), sharey=True)
     for ax, tissue in zip(axes, [*TISSUES, "mean"]):
         for i, variant in enumerate(present):
             mine = [r for r in rows if r["variant"] == variant]
@@ -453,7 +455,7 @@ def _plot(rows: list[dict], path: Path, profile: str) -> None:
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 2), fontsize=7)
     cohort = "Real-anatomy cohort (held-out maps)" if profile == "anatomy" else "Phantom cohort"
     fig.suptitle(f"{cohort}, test Dice, {profile} profile")
-    fig.tight_layout(rect=(0, 0.06 * -(-len(names) // 2) + 0.02, 1, 1))
+    fig.tight_layout(rect=(0, legend_height / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
