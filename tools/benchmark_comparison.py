@@ -124,6 +124,9 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
                                        "patches#unlabeled_sampling": "random"}),
     # 0.17.0's default MRI-GAN with the sources' k-means classes refined by a Gaussian mixture (gan#clusters_refine)
     "mri_gan_gmm_clusters": ([], {**_DEFAULT_0170, "gan#clusters_refine": True}),
+    # the same held to its sources (as mri_gan_source_only): the mixture's infant classes in place of the pull
+    "mri_gan_gmm_source_only": ([], {**_DEFAULT_0170, "gan#clusters_refine": True, "gan#feature_matching_weight": 0.0,
+                                     "gan#segmentation_weight": 0.0}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -164,6 +167,7 @@ LABELS = {
     "supervised_gap_ema_balanced_gan_time": "Supervised, 0.19.0's default, 1100 iterations (the GAN's wall time)",
     "mri_gan_balanced_labelled": "MRI-GAN, 0.17.0's default, labelled patches centred equally often in each class",
     "mri_gan_gmm_clusters": "MRI-GAN, 0.17.0's default, the sources' k-means classes refined by a Gaussian mixture",
+    "mri_gan_gmm_source_only": "MRI-GAN, mixture classes, G without feature matching and segmentation of its fakes",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
