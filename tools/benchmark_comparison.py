@@ -124,6 +124,10 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
                                        "patches#unlabeled_sampling": "random"}),
     # 0.17.0's default MRI-GAN with the sources' k-means classes refined by a Gaussian mixture (gan#clusters_refine)
     "mri_gan_gmm_clusters": ([], {**_DEFAULT_0170, "gan#clusters_refine": True}),
+    # 0.17.0's default without one of the two terms that pull its fakes towards the labelled infants (source_only
+    # drops both): which of them costs the adults and which wins the infants
+    "mri_gan_no_fake_segmentation": ([], {**_DEFAULT_0170, "gan#segmentation_weight": 0.0}),
+    "mri_gan_no_feature_matching": ([], {**_DEFAULT_0170, "gan#feature_matching_weight": 0.0}),
     # the same held to its sources (as mri_gan_source_only): the mixture's infant classes in place of the pull
     "mri_gan_gmm_source_only": ([], {**_DEFAULT_0170, "gan#clusters_refine": True, "gan#feature_matching_weight": 0.0,
                                      "gan#segmentation_weight": 0.0}),
@@ -167,6 +171,8 @@ LABELS = {
     "supervised_gap_ema_balanced_gan_time": "Supervised, 0.19.0's default, 1100 iterations (the GAN's wall time)",
     "mri_gan_balanced_labelled": "MRI-GAN, 0.17.0's default, labelled patches centred equally often in each class",
     "mri_gan_gmm_clusters": "MRI-GAN, 0.17.0's default, the sources' k-means classes refined by a Gaussian mixture",
+    "mri_gan_no_fake_segmentation": "MRI-GAN, 0.17.0's default, G without the segmentation of its fakes",
+    "mri_gan_no_feature_matching": "MRI-GAN, 0.17.0's default, G without feature matching",
     "mri_gan_gmm_source_only": "MRI-GAN, mixture classes, G without feature matching and segmentation of its fakes",
 }  # fmt: skip
 PROFILES = {
