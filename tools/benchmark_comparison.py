@@ -128,6 +128,11 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # drops both): which of them costs the adults and which wins the infants
     "mri_gan_no_fake_segmentation": ([], {**_DEFAULT_0170, "gan#segmentation_weight": 0.0}),
     "mri_gan_no_feature_matching": ([], {**_DEFAULT_0170, "gan#feature_matching_weight": 0.0}),
+    # 0.17.0's default MRI-GAN for 1100 iterations (as supervised_gap_ema_balanced_gan_time): does it lose the newborns
+    # with longer training as supervised training does
+    "mri_gan_1100": ([], {**_DEFAULT_0170, "iterations": 1100}),
+    # the mean teacher with 0.19.0's balanced patches (both streams, the unlabelled ones by their k-means classes)
+    "mean_teacher_balanced": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA, "patches#sampling": "balanced"}),
     # the same held to its sources (as mri_gan_source_only): the mixture's infant classes in place of the pull
     "mri_gan_gmm_source_only": ([], {**_DEFAULT_0170, "gan#clusters_refine": True, "gan#feature_matching_weight": 0.0,
                                      "gan#segmentation_weight": 0.0}),
@@ -173,6 +178,8 @@ LABELS = {
     "mri_gan_gmm_clusters": "MRI-GAN, 0.17.0's default, the sources' k-means classes refined by a Gaussian mixture",
     "mri_gan_no_fake_segmentation": "MRI-GAN, 0.17.0's default, G without the segmentation of its fakes",
     "mri_gan_no_feature_matching": "MRI-GAN, 0.17.0's default, G without feature matching",
+    "mri_gan_1100": "MRI-GAN, 0.17.0's default, 1100 iterations",
+    "mean_teacher_balanced": "Mean teacher, 0.19.0's balanced patches, weights averaged",
     "mri_gan_gmm_source_only": "MRI-GAN, mixture classes, G without feature matching and segmentation of its fakes",
 }  # fmt: skip
 PROFILES = {
