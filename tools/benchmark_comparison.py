@@ -132,8 +132,9 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # with longer training as supervised training does
     "mri_gan_1100": ([], {**_DEFAULT_0170, "iterations": 1100}),
     # the mean teacher with 0.19.0's balanced patches (both streams, the unlabelled ones by their k-means classes)
-    "mean_teacher_balanced": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA, "patches#sampling": "balanced"}),
-    # the same held to its sources (as mri_gan_source_only): the mixture's infant classes in place of the pull
+    "mean_teacher_balanced": (["configs/mean_teacher.yaml"], {**_SUPERVISED_GAP, **_EMA,
+                                                              "patches#sampling": "balanced"}),
+    # mri_gan_gmm_clusters held to its sources (as mri_gan_source_only): the mixture's infant classes, not the pull
     "mri_gan_gmm_source_only": ([], {**_DEFAULT_0170, "gan#clusters_refine": True, "gan#feature_matching_weight": 0.0,
                                      "gan#segmentation_weight": 0.0}),
 }
