@@ -6,7 +6,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import RandCropByLabelClassesd, RandSpatialCropSamplesd
 
 from scripts.checks import InputError
-from scripts.transforms import RandTissueShiftd, TissueClustersd, refine_clusters, tissue_clusters
+from scripts.transforms import RandTissueShiftd, TissueClustersd, refine_clusters, split_by_depth, tissue_clusters
 
 
 def test_tissue_shift_adds_one_offset_per_tissue_and_channel():
@@ -123,6 +123,23 @@ def test_refined_clusters_give_a_broad_tissue_its_tail_back():
     assert torch.equal(out["clusters"], refined)
 
 
+def test_depth_split_finds_an_isointense_ribbon_and_yields_to_contrast():
+    """GM and WM alike (0.4 in both channels, noise .05): intensities cannot split them, so the depth below CSF does:
+    the 3-voxel ribbon is GM with thickness 3, whatever the map said before (here all WM). With the tissues apart
+    in intensity (GM .2/.3, WM .6/0) the likelihood outweighs a wrong thickness (1 voxel): the truth comes back.
+    CSF and the background stay as they were."""
+    image, label = _layered_brain((0.4, 0.4), (0.4, 0.4))
+    start = torch.where(label > 1, 3, label)[None].to(torch.uint8)
+    found = split_by_depth(image, start, thickness=3.0)[0].long()
+    gm, truth = found == 2, label == 2
+    assert 2 * (gm & truth).sum() / (gm.sum() + truth.sum()) > 0.9
+    assert torch.equal(found[label < 2], label[label < 2])
+    image, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
+    assert torch.equal(split_by_depth(image, start, thickness=1.0)[0].long(), label)
+    out = TissueClustersd("image", depth=1.0)({"image": image})
+    assert torch.equal(out["clusters"][0].long(), label)
+
+
 def test_tissue_clusters_transform_adds_the_map_and_keeps_the_image():
     image, label = _layered_brain((0.2, 0.3), (0.6, 0.0))
     out = TissueClustersd("image")({"image": image.clone()})
@@ -198,6 +215,7 @@ def test_training_clusters_keep_to_the_brain_mask_of_a_whole_head(bundle_root, t
     [
         (["train.yaml"], {}, True),  # the default: k-means classes for the generator's source statistics
         (["train.yaml"], {"gan#clusters_refine": True}, True),  # refined by a Gaussian mixture
+        (["train.yaml"], {"gan#clusters_depth": 3.0}, True),  # GM and WM re-split by depth
         (["train.yaml"], {"gan#source_classes": "segmenter"}, False),
         (["train.yaml"], {"gan#source_statistics": "false"}, False),
         (["train.yaml"], {"gan#source_statistics": "false", "gan#matching_target": "unlabelled"}, True),  # matched
@@ -218,6 +236,7 @@ def test_tissue_clusters_reach_the_unlabelled_patches_of_a_statistics_generator(
     found = parser.get_parsed_content("train#unlabeled#clusters")
     assert len(found) == int(clustered) and all(isinstance(c, TissueClustersd) for c in found)
     assert all(c.refine == overrides.get("gan#clusters_refine", False) for c in found)
+    assert all(c.depth == overrides.get("gan#clusters_depth") for c in found)
     crop, flip = parser.get_parsed_content("train#unlabeled#augmentation")
     keys = ["image", "clusters"] if clustered else ["image"]
     assert list(crop.keys) == list(flip.keys) == keys  # cropped and flipped with their image

@@ -11,6 +11,8 @@ tissue map is scored against the label (Dice per tissue). Methods:
   of the two tissue clusters.
 - ``gmm``, ``mrf_<beta>``: ``kmeans`` refined by ``refine_clusters`` (``gan#clusters_refine``): classification EM
   with a diagonal Gaussian per tissue and, for ``mrf``, a Potts prior of weight ``beta`` per 6-neighbour alike.
+- ``depth_<t>``: ``kmeans`` with GM and WM re-split by their depth below CSF, GM within ``t`` voxels
+  (``split_by_depth``, ``gan#clusters_depth``).
 
 ``pure`` and ``four`` lost to ``kmeans`` on the phantom cohort, ``mrf`` to ``gmm`` on the real-anatomy one
 (docs/experiments.md). Run from the repository root:
@@ -18,6 +20,9 @@ tissue map is scored against the label (Dice per tissue). Methods:
     python -m tools.benchmark_clusters run --dataset_dir bundle/data/cohort --out bundle/docs/benchmarks/clusters_cohort.json
     python -m tools.benchmark_clusters run --dataset_dir bundle/data/anatomy_cohort --dataset_format anatomy \
         --only "[kmeans,gmm,mrf_0.5,mrf_1.0,mrf_2.0]" --out bundle/docs/benchmarks/clusters_anatomy_gmm.json
+    python -m tools.benchmark_clusters run --dataset_dir bundle/data/anatomy_cohort --dataset_format anatomy \
+        --only "[kmeans,depth_2.5,depth_3.0,depth_3.5,depth_4.0,depth_5.0]" \
+        --out bundle/docs/benchmarks/clusters_anatomy_depth.json
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from scripts.atomic import write_json
-from scripts.transforms import csf_cluster, kmeans, name_clusters, refine_clusters, tissue_clusters
+from scripts.transforms import csf_cluster, kmeans, name_clusters, refine_clusters, split_by_depth, tissue_clusters
 from tools import BUNDLE_ROOT
 from tools.benchmark_weights import tissue_dice
 
@@ -67,12 +72,14 @@ def scores(found: torch.Tensor, label: torch.Tensor) -> list[float]:
     return [round(float(d), 3) for d in tissue_dice(np.asarray(found), np.asarray(label))]
 
 
-def _methods(quantile: float = 0.5, betas: tuple = (0.5, 1.0, 2.0)) -> dict:
+def _methods(quantile: float = 0.5, betas: tuple = (0.5, 1.0, 2.0),
+             depths: tuple = (2.5, 3.0, 3.5, 4.0, 5.0)) -> dict:  # fmt: skip
     """Each method's tissue map of a normalised image (C, D, H, W) and its brain mask (or None)."""
     return {"kmeans": lambda im, mask: tissue_clusters(im, mask=mask),
             "pure": lambda im, mask: pure_clusters(im, quantile), "four": lambda im, mask: four_clusters(im),
             "gmm": lambda im, mask: refine_clusters(im, tissue_clusters(im, mask=mask)),
-            **{f"mrf_{b}": lambda im, mask, b=b: refine_clusters(im, tissue_clusters(im, mask=mask), b) for b in betas}}
+            **{f"mrf_{b}": lambda im, mask, b=b: refine_clusters(im, tissue_clusters(im, mask=mask), b) for b in betas},
+            **{f"depth_{t}": lambda im, mask, t=t: split_by_depth(im, tissue_clusters(im, mask=mask), t) for t in depths}}
 
 
 def _subjects(dataset_dir: str, dataset_format: str):

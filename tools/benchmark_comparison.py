@@ -137,6 +137,12 @@ VARIANTS = {  # in run order (the plain baseline takes the supervised run's time
     # mri_gan_gmm_clusters held to its sources (as mri_gan_source_only): the mixture's infant classes, not the pull
     "mri_gan_gmm_source_only": ([], {**_DEFAULT_0170, "gan#clusters_refine": True, "gan#feature_matching_weight": 0.0,
                                      "gan#segmentation_weight": 0.0}),
+    # 0.17.0's default with the sources' GM and WM re-split by depth below CSF (gan#clusters_depth, GM within 3.5
+    # voxels: the best of tools.benchmark_clusters on the training renders), and the same held to its sources (as
+    # mri_gan_source_only): with the infants' classes right, do the fakes still need the pull towards the labelled pair
+    "mri_gan_depth_clusters": ([], {**_DEFAULT_0170, "gan#clusters_depth": 3.5}),
+    "mri_gan_depth_source_only": ([], {**_DEFAULT_0170, "gan#clusters_depth": 3.5, "gan#feature_matching_weight": 0.0,
+                                       "gan#segmentation_weight": 0.0}),
 }
 # whose wall time each plain baseline gets
 PLAIN_TIME_OF = {"plain_unet": "supervised", "plain_unet_gan_time": "mri_gan_clusters_shift_cheap",
@@ -182,6 +188,8 @@ LABELS = {
     "mri_gan_1100": "MRI-GAN, 0.17.0's default, 1100 iterations",
     "mean_teacher_balanced": "Mean teacher, 0.19.0's balanced patches, weights averaged",
     "mri_gan_gmm_source_only": "MRI-GAN, mixture classes, G without feature matching and segmentation of its fakes",
+    "mri_gan_depth_clusters": "MRI-GAN, 0.17.0's default, GM and WM of the sources' classes split by depth",
+    "mri_gan_depth_source_only": "MRI-GAN, classes split by depth, G without feature matching and segmentation of its fakes",
 }  # fmt: skip
 PROFILES = {
     # 600 iterations of 8 labelled + 8 unlabelled (+ 8 generated) 24^3 patches with a half-width network
