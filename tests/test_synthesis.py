@@ -229,6 +229,24 @@ def test_source_statistics_from_clusters_need_no_segmenter():
     assert SynthesisInputs(0, None, in_channels=2)({"image": image, "label": label[None, None]})[3]["source_stats"] is None
 
 
+def test_source_classes_of_synthesis_are_those_of_training_refined_by_depth():
+    """With ``depth`` (synthesize.yaml's gan#clusters_depth, as in training) the statistics are taken under the
+    k-means classes re-split by depth (``split_by_depth``): on an isointense layered brain not k-means' own."""
+    from test_transforms import _layered_brain
+
+    from scripts.transforms import split_by_depth, tissue_clusters
+
+    mri, label = _layered_brain((0.4, 0.4), (0.4, 0.4))
+    image = torch.cat([mri, tissue_onehot(label[None, None], 4)[0]])[None]
+    batch = {"image": image, "label": label[None, None]}
+    classes = split_by_depth(mri, tissue_clusters(mri), 3.0)
+    expected = class_intensity_statistics(mri[None], tissue_onehot(classes[None], 4))[:2]
+    found = SynthesisInputs(0, None, in_channels=2, clusters=True, depth=3.0)(batch)[3]["source_stats"]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(found, expected))
+    plain = SynthesisInputs(0, None, in_channels=2, clusters=True)(batch)[3]["source_stats"]
+    assert not torch.allclose(plain[1], found[1], atol=1e-3)
+
+
 def test_clusters_of_a_whole_head_source_stay_inside_its_brain_mask():
     """A bright scalp shell around the layered brain: without the batch's ``mask`` k-means clusters it with the
     tissues and the statistics move; with the mask they are the true tissues' again."""

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .checks import InputError, MissingInputError, OutputExistsError, OutputInInputFolderError, as_bool, check_weights
 from .networks.generators import class_intensity_statistics, tissue_onehot
-from .transforms import tissue_clusters
+from .transforms import TissueClustersd
 
 _RESERVED_KEYS = ("subject", "label", "source", "tissues", "image", "pred", "mask")
 _EXTENSIONS = (".nii.gz", ".nii", ".hdr", ".img", ".mha", ".mhd", ".nrrd", ".gz")
@@ -193,24 +193,27 @@ class SynthesisInputs(PrepareBatch):
     keyword arguments for every window ``noise``, one N(0, 1) vector of ``noise_dim`` per volume drawn on the CPU
     with torch's seeded generator, and for a ``source_statistics`` generator the ``source_stats`` of the whole source
     volume: the class-wise intensity statistics under a ``segmenter``'s probabilities, or with ``clusters`` under
-    its ``tissue_clusters`` (what training pools over a subject's patches, ``gan#source_classes``), inside the
-    batch's brain ``mask`` when it has one."""
+    its ``TissueClustersd`` classes (what training pools over a subject's patches, ``gan#source_classes``; refined
+    by ``refine`` and ``depth`` as ``gan#clusters_refine`` and ``gan#clusters_depth``), inside the batch's brain
+    ``mask`` when it has one."""
 
     def __init__(self, noise_dim: int, segmenter: nn.Module | None = None, in_channels: int = 1,
-                 roi_size=(96, 96, 96), clusters: bool = False):  # fmt: skip
+                 roi_size=(96, 96, 96), clusters: bool = False, refine: bool = False, depth: float | None = None):  # fmt: skip
         self.noise_dim, self.segmenter, self.in_channels, self.roi_size = int(noise_dim), segmenter, in_channels, roi_size
-        self.clusters = bool(clusters)
+        self.clusters = TissueClustersd("image", refine=refine, depth=depth) if clusters else None
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
         image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
         label = batchdata["label"].to(device=device, non_blocking=non_blocking, **kwargs)
         noise = torch.randn(image.shape[0], self.noise_dim).to(device) if self.noise_dim > 0 else None
         stats = None
-        if self.clusters:
+        if self.clusters is not None:
             source = image[:, : self.in_channels]
             masks = batchdata.get("mask", [None] * len(source))
-            classes = torch.stack([tissue_clusters(s.cpu(), mask=None if m is None else torch.as_tensor(m).cpu())
-                                   for s, m in zip(source, masks)]).to(source.device)  # fmt: skip
+            classes = torch.stack([
+                torch.as_tensor(self.clusters({"image": s.cpu(), "mask": None if m is None else torch.as_tensor(m).cpu()})["clusters"])
+                for s, m in zip(source, masks)
+            ]).to(source.device)  # fmt: skip
             stats = class_intensity_statistics(source, tissue_onehot(classes))[:2]
         elif self.segmenter is not None:
             source = image[:, : self.in_channels]
