@@ -306,6 +306,14 @@ def tissue_clusters(
     return name_clusters(found, csf, [j for j in range(3) if j != csf])
 
 
+def _gaussian_fit(voxels: torch.Tensor, labels: torch.Tensor, tissues: tuple) -> torch.Tensor:
+    """Classification EM's fit: per tissue, a diagonal Gaussian of ``voxels`` (C, N) from those labelled with it
+    (all voxels for a tissue with fewer than 2), and every voxel's log-likelihood under each (len(tissues), N)."""
+    members = [voxels[:, labels == t] if (labels == t).sum() > 1 else voxels for t in tissues]
+    stats = [(m.mean(1, keepdim=True), m.var(1, keepdim=True) + 1e-4) for m in members]
+    return torch.stack([-0.5 * ((voxels - mean) ** 2 / var + var.log()).sum(0) for mean, var in stats])
+
+
 def refine_clusters(image: torch.Tensor, tissues: torch.Tensor, beta: float = 0.0, iterations: int = 5) -> torch.Tensor:
     """A tissue map (1, D, H, W; 1 CSF, 2 GM, 3 WM, 0 outside the brain) refined by classification EM: per iteration
     each tissue's mean and variance per channel of ``image`` (C, D, H, W) from its voxels, then every brain voxel to
@@ -322,9 +330,7 @@ def refine_clusters(image: torch.Tensor, tissues: torch.Tensor, beta: float = 0.
     parity = torch.stack(torch.meshgrid(*[torch.arange(n) for n in found.shape], indexing="ij")).sum(0)[brain] % 2
     for _ in range(iterations):
         labels = found[brain]
-        members = [voxels[:, labels == t] if (labels == t).sum() > 1 else voxels for t in (1, 2, 3)]
-        stats = [(m.mean(1, keepdim=True), m.var(1, keepdim=True) + 1e-4) for m in members]
-        fit = torch.stack([-0.5 * ((voxels - mean) ** 2 / var + var.log()).sum(0) for mean, var in stats])
+        fit = _gaussian_fit(voxels, labels, (1, 2, 3))
         for half in (0, 1) if beta else (None,):
             score = fit
             if beta:
@@ -355,9 +361,7 @@ def split_by_depth(image: torch.Tensor, tissues: torch.Tensor, thickness: float,
     voxels = torch.as_tensor(image).float()[:, tissue]
     labels = torch.where(depth <= thickness, 0, 1)
     for _ in range(iterations):
-        members = [voxels[:, labels == t] if (labels == t).sum() > 1 else voxels for t in (0, 1)]
-        stats = [(m.mean(1, keepdim=True), m.var(1, keepdim=True) + 1e-4) for m in members]
-        fit = torch.stack([-0.5 * ((voxels - mean) ** 2 / var + var.log()).sum(0) for mean, var in stats])
+        fit = _gaussian_fit(voxels, labels, (0, 1))
         labels = (fit + prior).argmax(0)
     found[tissue] = labels + 2
     return found[None].to(torch.uint8)
